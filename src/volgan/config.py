@@ -1,0 +1,231 @@
+"""Typed, validated configuration loaded from YAML.
+
+One loader builds the nested models below; unknown keys, wrong types and out-of-range values
+are rejected with one line that names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from volgan.errors import ConfigError
+
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the volumes come from and how they are brought onto the training grid."""
+
+    root: str | None = None
+    size: int = Field(64, ge=8, le=512)
+    resample: Literal["fit", "spacing", "none"] = "fit"
+    spacing: float | None = Field(None, gt=0)
+    orientation: str = "RAS"
+    interpolation: Literal["linear", "nearest"] = "linear"
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    npz_split: str = "train"
+    cache_dir: str | None = None
+
+    @field_validator("orientation")
+    @classmethod
+    def _axcodes(cls, v: str) -> str:
+        v = v.upper()
+        axis = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+        if len(v) != 3 or any(c not in axis for c in v) or len({axis[c] for c in v}) != 3:
+            raise ValueError(f"must be three axis codes such as 'RAS' or 'LPS', got {v!r}")
+        return v
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _percentiles(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"must satisfy 0 <= low < high <= 100, got [{lo}, {hi}]")
+        return v
+
+    @model_validator(mode="after")
+    def _spacing_needed(self) -> DataConfig:
+        if self.resample == "spacing" and self.spacing is None:
+            raise ValueError("resample: spacing needs data.spacing (target voxel size in mm)")
+        return self
+
+
+class ModelConfig(_Section):
+    """Architecture of the generator and critic."""
+
+    family: Literal["wgan_gp"] = "wgan_gp"
+    latent_dim: int = Field(128, ge=1)
+    num_classes: int | None = Field(None, ge=0)
+    embed_dim: int = Field(64, ge=1)
+    ngf: int = Field(32, ge=1)
+    ndf: int = Field(32, ge=1)
+    max_channels: int = Field(512, ge=1)
+
+
+class TrainConfig(_Section):
+    """Optimisation schedule of the WGAN-GP."""
+
+    steps: int = Field(10000, ge=1)
+    batch_size: int = Field(4, ge=1)
+    n_critic: int = Field(5, ge=1)
+    gp_weight: float = Field(10.0, ge=0)
+    drift_weight: float = Field(0.001, ge=0)
+    lr_g: float = Field(1e-4, gt=0)
+    lr_d: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.0, 0.9)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    max_minutes: float | None = Field(None, gt=0)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+
+
+class LogConfig(_Section):
+    """How often the run logs, draws figures and writes checkpoints."""
+
+    every: int = Field(10, ge=1)
+    image_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    progress_bar: bool = True
+
+
+class Config(_Section):
+    """The whole run configuration (the resolved form is saved in every run folder)."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_dir: str = "runs/default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        grid_stages(self.data.size)  # raises ValueError for a size the architecture can't make
+        if self.model.num_classes == 1:
+            raise ValueError("model.num_classes: a conditional model needs >= 2 classes (0 = unconditional)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """Short hash of the architecture-relevant settings, recorded with every sample."""
+        blob = json.dumps({"data": self.data.model_dump(mode="json"), "model": self.model.model_dump(mode="json")}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def grid_stages(size: int) -> tuple[int, int]:
+    """Return ``(base, n_stages)`` with ``size == base * 2**n_stages``, base in 4..7, n_stages >= 1.
+
+    The generator starts from a ``base``³ block and doubles ``n_stages`` times; the critic mirrors it.
+    """
+    if size < 8:
+        raise ValueError(f"data.size must be >= 8, got {size}")
+    n = int(math.floor(math.log2(size / 4)))
+    base, rem = divmod(size, 2**n)
+    if rem or not 4 <= base <= 7:
+        raise ValueError(
+            f"data.size {size} cannot be built by doubling: use base * 2**k with base in 4..7 "
+            f"(e.g. 32, 48, 64, 80, 96, 128)"
+        )
+    return base, n
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    got = first.get("input")
+    got_txt = "" if isinstance(got, dict) or first["type"].startswith("value_error") else f", got {got!r}"
+    return f"{source}: {key}: {msg}{got_txt}"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``train.batch_size=8`` into ``{"train": {"batch_size": 8}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=8")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; any problem is a ConfigError naming the file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.__class__.__name__}: {e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...), got {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a plain mapping into a Config, or raise one ConfigError line."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+    except (TypeError, ValueError) as e:  # e.g. a non-string key in a hand-built mapping
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (none: the built-in defaults) and apply ``KEY=VALUE`` overrides."""
+    source: Path | str = Path(path) if path is not None else "<defaults>"
+    data = read_yaml(Path(path)) if path is not None else {}
+    for text in overrides or []:
+        data = _merge(data, parse_override(text))
+    label = str(source) if not overrides else f"{source} (with overrides)"
+    return build_config(data, label)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
