@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from volgan.errors import ConfigError
 
 
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -128,7 +127,10 @@ class Config(_Section):
 
     def digest(self) -> str:
         """Short hash of the architecture-relevant settings, recorded with every sample."""
-        blob = json.dumps({"data": self.data.model_dump(mode="json"), "model": self.model.model_dump(mode="json")}, sort_keys=True)
+        blob = json.dumps(
+            {"data": self.data.model_dump(mode="json"), "model": self.model.model_dump(mode="json")},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -139,7 +141,7 @@ def grid_stages(size: int) -> tuple[int, int]:
     """
     if size < 8:
         raise ValueError(f"data.size must be >= 8, got {size}")
-    n = int(math.floor(math.log2(size / 4)))
+    n = math.floor(math.log2(size / 4))
     base, rem = divmod(size, 2**n)
     if rem or not 4 <= base <= 7:
         raise ValueError(
@@ -160,10 +162,10 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {msg}{got_txt}"
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -203,7 +205,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (data, model, train, ...), got {type(data).__name__}"
+        )
     return data
 
 
@@ -222,7 +226,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source: Path | str = Path(path) if path is not None else "<defaults>"
     data = read_yaml(Path(path)) if path is not None else {}
     for text in overrides or []:
-        data = _merge(data, parse_override(text))
+        data = merge_dicts(data, parse_override(text))
     label = str(source) if not overrides else f"{source} (with overrides)"
     return build_config(data, label)
 

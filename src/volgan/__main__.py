@@ -1,0 +1,7 @@
+"""``python -m volgan`` (also what ``torchrun -m volgan`` runs)."""
+
+import sys
+
+from volgan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,20 @@
+"""Reading volumes, bringing them onto the training grid, and the cached :class:`VolumeSet`."""
+
+from volgan.data.dataset import CACHE_VERSION, VolumeSet, default_cache_dir, load_volumes
+from volgan.data.io import SUPPORTED_SUFFIXES, read_npz, read_volume
+from volgan.data.preprocess import grid_affine, intensity_bounds, scale_to_unit, to_grid, unscale
+
+__all__ = [
+    "CACHE_VERSION",
+    "SUPPORTED_SUFFIXES",
+    "VolumeSet",
+    "default_cache_dir",
+    "grid_affine",
+    "intensity_bounds",
+    "load_volumes",
+    "read_npz",
+    "read_volume",
+    "scale_to_unit",
+    "to_grid",
+    "unscale",
+]

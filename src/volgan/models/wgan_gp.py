@@ -1,0 +1,142 @@
+"""Conditional 3D WGAN-GP: generator and critic.
+
+Both networks are built from the grid size: the generator starts from a ``base``³ block and
+doubles ``n_stages`` times (``size == base * 2**n_stages``); the critic mirrors it. With
+``num_classes == 0`` the models are unconditional and the class arguments are ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from volgan.config import grid_stages
+
+
+def stage_channels(width: int, n_stages: int, max_channels: int) -> list[int]:
+    """Channels at each resolution from coarse to fine, e.g. width 32, 4 stages -> [256, 128, 64, 32]."""
+    return [min(width * 2 ** (n_stages - 1 - i), max_channels) for i in range(n_stages)]
+
+
+class ConditionalInstanceNorm3d(nn.Module):
+    """InstanceNorm3d whose scale and shift come from the class embedding (plain affine if cond_dim == 0).
+
+    Conditioning every stage this way keeps the class signal alive through the per-sample
+    normalisation, which would otherwise wash out a label given only at the input.
+    """
+
+    def __init__(self, channels: int, cond_dim: int) -> None:
+        super().__init__()
+        self.cond_dim = cond_dim
+        self.norm = nn.InstanceNorm3d(channels, affine=cond_dim == 0)
+        if cond_dim:
+            self.to_scale_shift = nn.Linear(cond_dim, 2 * channels)
+            nn.init.zeros_(self.to_scale_shift.weight)
+            nn.init.zeros_(self.to_scale_shift.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, C, D, H, W); cond: (B, cond_dim) or None -> (B, C, D, H, W)."""
+        x = self.norm(x)
+        if not self.cond_dim:
+            return x
+        assert cond is not None
+        scale, shift = self.to_scale_shift(cond).view(x.shape[0], 2, -1, 1, 1, 1).unbind(1)
+        return x * (1 + scale) + shift
+
+
+class _UpStage(nn.Module):
+    def __init__(self, c_in: int, c_out: int, cond_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose3d(c_in, c_out, 4, stride=2, padding=1, bias=False)
+        self.norm = ConditionalInstanceNorm3d(c_out, cond_dim)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x), cond))
+
+
+class Generator(nn.Module):
+    """Latent vector + class -> volume in [-1, 1] (Tanh)."""
+
+    def __init__(
+        self,
+        size: int = 64,
+        latent_dim: int = 128,
+        num_classes: int = 0,
+        ngf: int = 32,
+        embed_dim: int = 64,
+        max_channels: int = 512,
+    ) -> None:
+        super().__init__()
+        self.size, self.latent_dim, self.num_classes = size, latent_dim, num_classes
+        base, n_stages = grid_stages(size)
+        chans = stage_channels(ngf, n_stages, max_channels)
+        cond_dim = embed_dim if num_classes else 0
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        # A transposed conv with kernel `base` on a 1³ input is a dense layer to a base³ block.
+        self.stem = nn.ConvTranspose3d(latent_dim + cond_dim, chans[0], base, bias=False)
+        self.stem_norm = ConditionalInstanceNorm3d(chans[0], cond_dim)
+        self.stages = nn.ModuleList(_UpStage(a, b, cond_dim) for a, b in itertools.pairwise(chans))
+        self.to_volume = nn.ConvTranspose3d(chans[-1], 1, 4, stride=2, padding=1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, latent_dim); labels: (B,) int64 (ignored if unconditional) -> (B, 1, S, S, S)."""
+        cond = None
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional generator needs class labels")
+            cond = self.embed(labels)
+            z = torch.cat([z, cond], dim=1)
+        x = torch.relu(self.stem_norm(self.stem(z[:, :, None, None, None]), cond))
+        for stage in self.stages:
+            x = stage(x, cond)
+        return torch.tanh(self.to_volume(x))
+
+
+class Critic(nn.Module):
+    """Volume + class -> unbounded score (B,). Class conditioning by projection (Miyato & Koyama 2018).
+
+    No BatchNorm anywhere: it mixes samples in a batch and so breaks the per-sample gradient
+    penalty; InstanceNorm3d normalises each sample on its own.
+    """
+
+    def __init__(
+        self,
+        size: int = 64,
+        num_classes: int = 0,
+        ndf: int = 32,
+        max_channels: int = 512,
+    ) -> None:
+        super().__init__()
+        self.size, self.num_classes = size, num_classes
+        base, n_stages = grid_stages(size)
+        chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
+        layers: list[nn.Module] = [
+            nn.Conv3d(1, chans[0], 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for a, b in itertools.pairwise(chans):
+            layers += [
+                nn.Conv3d(a, b, 4, stride=2, padding=1, bias=False),
+                nn.InstanceNorm3d(b, affine=True),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv3d(chans[-1], 1, base)  # dense layer over the base³ block
+        self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 1, S, S, S); labels: (B,) int64 (ignored if unconditional) -> (B,)."""
+        h = self.features(x)
+        out = self.head(h).flatten(1).squeeze(1)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional critic needs class labels")
+            out = out + (self.embed(labels) * h.sum(dim=(2, 3, 4))).sum(dim=1)
+        return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

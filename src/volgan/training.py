@@ -1,0 +1,340 @@
+"""The WGAN-GP training loop, its state, and the checkpoint round trip."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from volgan import checkpoint as ckpt
+from volgan.config import Config, build_config, save_config
+from volgan.data.dataset import VolumeSet
+from volgan.device import resolve_device
+from volgan.errors import CheckpointError, VolganError
+from volgan.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
+from volgan.models.wgan_gp import Critic, Generator
+from volgan.runlog import RunLogger
+
+log = logging.getLogger("volgan")
+
+# Settings that must match between a checkpoint and the run that resumes or samples from it.
+ARCHITECTURE_KEYS = {
+    "data": ("size",),
+    "model": ("family", "latent_dim", "embed_dim", "ngf", "ndf", "max_channels"),
+}
+
+
+class TrainingDiverged(VolganError):
+    """A loss became NaN/Inf."""
+
+
+class EMA:
+    """Exponential moving average of the generator's weights, with a warm-up so short runs benefit too."""
+
+    def __init__(self, model: Generator, decay: float) -> None:
+        self.module: Generator = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1 - decay)
+
+
+class BatchStream:
+    """Endless shuffled batches of indices; epoch e is a permutation seeded by (seed, e).
+
+    Its whole state is (epoch, position), so a resumed run sees exactly the batches it would have.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, position: int = 0) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.position = epoch, position
+        self._order = self._permutation(epoch)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        out: list[np.ndarray] = []
+        need = self.batch_size
+        while need:
+            take = self._order[self.position : self.position + need]
+            out.append(take)
+            need -= len(take)
+            self.position += len(take)
+            if self.position >= self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+        return np.concatenate(out)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+def build_models(cfg: Config, num_classes: int) -> tuple[Generator, Critic]:
+    m = cfg.model
+    g = Generator(cfg.data.size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels)
+    d = Critic(cfg.data.size, num_classes, m.ndf, m.max_channels)
+    return g, d
+
+
+def resolve_num_classes(cfg: Config, data: VolumeSet) -> int:
+    """model.num_classes, or from the data: its class count, 0 (unconditional) for a single class."""
+    if cfg.model.num_classes is not None:
+        if cfg.model.num_classes and cfg.model.num_classes != data.num_classes:
+            raise VolganError(
+                f"model.num_classes is {cfg.model.num_classes} but the data has {data.num_classes} classes"
+            )
+        return cfg.model.num_classes
+    return data.num_classes if data.num_classes >= 2 else 0
+
+
+def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
+    """Refuse a checkpoint whose architecture differs from ``cfg``, naming the first differing key."""
+    for section, keys in ARCHITECTURE_KEYS.items():
+        for key in keys:
+            a, b = saved[section][key], getattr(getattr(cfg, section), key)
+            if a != b:
+                raise CheckpointError(
+                    f"{where}: checkpoint of another config: {section}.{key} is {a!r} there, {b!r} here"
+                )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    interrupted: bool = False
+
+
+class Trainer:
+    """Owns the models, optimisers, EMA, data stream and RNG for one run folder."""
+
+    def __init__(self, cfg: Config, data: VolumeSet, *, resume: Path | None = None) -> None:
+        self.cfg, self.data = cfg, data
+        self.run_dir = Path(cfg.run_dir)
+        self.device = resolve_device(cfg.device)
+        self.num_classes = resolve_num_classes(cfg, data)
+        torch.manual_seed(cfg.seed)
+        self.generator, self.critic = build_models(cfg, self.num_classes)
+        self.generator.to(self.device)
+        self.critic.to(self.device)
+        t = cfg.train
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=t.lr_g, betas=t.betas)
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=t.lr_d, betas=t.betas)
+        self.ema = EMA(self.generator, t.ema_decay)
+        self.step = 0
+        self.stream = BatchStream(len(data.labels), t.batch_size, cfg.seed)
+        self._stop_signal: int | None = None
+        self.last_checkpoint: Path | None = None
+        if resume is not None:
+            self._restore(resume)
+        elif ckpt.list_checkpoints(self.run_dir):
+            raise VolganError(
+                f"{self.run_dir}: run folder already holds checkpoints; "
+                f"pass --resume {self.run_dir} or choose another --run-dir"
+            )
+
+    # -- checkpoint round trip -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "num_classes": self.num_classes,
+            "class_names": list(self.data.class_names),
+            "intensity_range": [float(v) for v in self.data.intensity_range],
+            "spacing": float(self.data.spacing),
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "ema_updates": self.ema.updates,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": rng,
+            "data_state": self.stream.state(),
+        }
+
+    def _restore(self, where: Path) -> None:
+        path = ckpt.resolve_checkpoint(where)
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        check_compatible(state["config"], self.cfg, path)
+        if state["class_names"] != list(self.data.class_names) or state["num_classes"] != self.num_classes:
+            raise CheckpointError(
+                f"{path}: trained on classes {state['class_names']}, the data has {list(self.data.class_names)}"
+            )
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.critic.load_state_dict(state["critic"])
+            self.ema.module.load_state_dict(state["ema"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[0][:200]})") from None
+        self.ema.updates = int(state["ema_updates"])
+        self.step = int(state["step"])
+        self.stream = BatchStream(
+            len(self.data.labels), self.cfg.train.batch_size, self.cfg.seed, **state["data_state"]
+        )
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.last_checkpoint = path
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> Path:
+        bad = [n for n, p in self.generator.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never let NaN weights replace a good checkpoint
+            raise TrainingDiverged(
+                f"step {self.step}: generator weight {bad[0]} is not finite; "
+                f"not saving (last good checkpoint: {self.last_checkpoint})"
+            )
+        path = ckpt.save_checkpoint(self.state_dict(), ckpt.checkpoint_path(self.run_dir, self.step))
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.log.keep_checkpoints)
+        self.last_checkpoint = path
+        return path
+
+    # -- one generator iteration -----------------------------------------------------------
+    def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.sort(self.stream.next())
+        x = torch.from_numpy(np.ascontiguousarray(self.data.volumes[idx], dtype=np.float32))
+        y = torch.from_numpy(self.data.labels[idx].astype(np.int64))
+        return x.unsqueeze(1).to(self.device), y.to(self.device)
+
+    def _check_finite(self, what: str, value: torch.Tensor) -> bool:
+        if bool(torch.isfinite(value)):
+            return True
+        if self.cfg.train.on_nonfinite == "skip":
+            log.warning("step %d: %s is %s; update skipped", self.step + 1, what, value.item())
+            return False
+        raise TrainingDiverged(
+            f"step {self.step + 1}: {what} is {value.item()} (training diverged; try a lower learning rate); "
+            f"last good checkpoint: {self.last_checkpoint or 'none yet'}"
+        )
+
+    def train_step(self) -> dict[str, float]:
+        """n_critic critic updates, then one generator update and an EMA update."""
+        t = self.cfg.train
+        g, d = self.generator, self.critic
+        labels = None
+        for _ in range(t.n_critic):
+            real, labels = self._real_batch()
+            b = real.shape[0]
+            with torch.no_grad():
+                fake = g(torch.randn(b, g.latent_dim, device=self.device), labels)
+            # InstanceNorm is per-sample, so one pass over real+fake equals two separate passes.
+            scores = d(torch.cat([real, fake]), torch.cat([labels, labels]))
+            real_scores, fake_scores = scores[:b], scores[b:]
+            alpha = torch.rand(b, device=self.device)
+            gp = gradient_penalty(functools.partial(d, labels=labels), real, fake, alpha)
+            w_loss = critic_loss(real_scores, fake_scores)
+            loss_d = w_loss + t.gp_weight * gp + t.drift_weight * drift_penalty(real_scores)
+            self.opt_d.zero_grad(set_to_none=True)
+            if self._check_finite("critic loss", loss_d.detach()):
+                loss_d.backward()
+                self.opt_d.step()
+        assert labels is not None
+        z = torch.randn(labels.shape[0], g.latent_dim, device=self.device)
+        loss_g = generator_loss(d(g(z, labels), labels))
+        self.opt_g.zero_grad(set_to_none=True)
+        if self._check_finite("generator loss", loss_g.detach()):
+            loss_g.backward()
+            self.opt_g.step()
+            self.ema.update(g)
+        self.step += 1
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "gp": gp.item(), "w_dist": -w_loss.item()}
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_signal = signum
+        log.warning("received %s: finishing the current step and writing a checkpoint", signal.Signals(signum).name)
+
+    def preview(self) -> dict[str, np.ndarray]:
+        """Two EMA samples per class from fixed latents (same every call): class name -> (2, S, S, S)."""
+        from volgan.sampling import generate
+
+        names = self.data.class_names if self.num_classes else ["samples"]
+        out = {}
+        for k, name in enumerate(names):
+            labels = torch.full((2,), k, dtype=torch.long)
+            out[name] = generate(self.ema.module, labels, seed=self.cfg.seed, device=self.device).numpy()
+        return out
+
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps)."""
+        from volgan.figures import save_loss_curves, save_sample_grid, slice_montage
+        from volgan.runlog import read_stats
+
+        cfg, every = self.cfg, self.cfg.log
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        (self.run_dir / "class_to_idx.json").write_text(json.dumps(self.data.class_to_idx, indent=2))
+        log.info(
+            "device %s | %d volumes, %d classes | generator %.2fM, critic %.2fM parameters",
+            self.device,
+            len(self.data.labels),
+            self.num_classes,
+            sum(p.numel() for p in self.generator.parameters()) / 1e6,
+            sum(p.numel() for p in self.critic.parameters()) / 1e6,
+        )
+        target = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
+        logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        start, last_log, saved_at = time.perf_counter(), time.perf_counter(), self.step
+        log_start_step = self.step
+        try:
+            while self.step < target and self._stop_signal is None:
+                values = self.train_step()
+                logger.advance()
+                if self.step % every.every == 0 or self.step == target:
+                    now = time.perf_counter()
+                    values["sec_per_step"] = (now - last_log) / max(1, self.step - log_start_step)
+                    last_log, log_start_step = now, self.step
+                    logger.scalars(self.step, values)
+                if self.step % every.image_every == 0:
+                    for name, vols in self.preview().items():
+                        logger.image(f"samples/{name}", slice_montage(vols), self.step)
+                if self.step % every.checkpoint_every == 0:
+                    self.save()
+                    saved_at = self.step
+                if cfg.train.max_minutes and time.perf_counter() - start > 60 * cfg.train.max_minutes:
+                    log.info("time budget of %.1f min reached at step %d", cfg.train.max_minutes, self.step)
+                    break
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            logger.close()
+        if self.step != saved_at or self.last_checkpoint is None:
+            self.save()
+        figures = self.run_dir / "figures"
+        save_sample_grid(self.preview(), figures / "samples.png", title=f"EMA generator, step {self.step}")
+        save_loss_curves(read_stats(self.run_dir), figures / "losses.png")
+        interrupted = self._stop_signal is not None
+        log.info(
+            "%s at step %d; checkpoint %s",
+            "interrupted" if interrupted else "finished",
+            self.step,
+            self.last_checkpoint,
+        )
+        return TrainResult(self.run_dir, self.step, self.last_checkpoint, interrupted)
+
+
+def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
+    return build_config(state["config"], f"{source} (config)")

@@ -1,0 +1,120 @@
+"""End-to-end runs through the CLI, in-process (and one subprocess for the original script)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_class_folders
+from volgan.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--set",
+    "data.size=16",
+    "--set",
+    "model.ngf=4",
+    "--set",
+    "model.ndf=4",
+    "--set",
+    "model.latent_dim=8",
+    "--set",
+    "model.embed_dim=4",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.n_critic=2",
+    "--set",
+    "log.checkpoint_every=2",
+    "--set",
+    "log.every=1",
+    "--set",
+    "log.progress_bar=false",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VOLGAN_CACHE_DIR", str(tmp_path / "cache"))
+    return write_class_folders(tmp_path / "data", n_per_class=3, size=16, classes=3)
+
+
+def test_train_resume_sample(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--run-dir", str(run), "--steps", "2", *TINY]) == 0
+    assert (run / "checkpoints" / "step_00000002.pt").exists()
+    assert json.loads((run / "class_to_idx.json").read_text()) == {"0": 0, "1": 1, "2": 2}
+    # continue the same run to 3 steps: config comes from the checkpoint
+    assert main(["train", "--resume", str(run), "--steps", "3", "--data", str(data_dir)]) == 0
+    assert (run / "checkpoints" / "step_00000003.pt").exists()
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(run), "--class", "2", "--n", "3", "--seed", "4", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [
+        "2_seed4_00000.nii.gz",
+        "2_seed4_00001.nii.gz",
+        "2_seed4_00002.nii.gz",
+    ]
+    assert "wrote 3 volumes" in capsys.readouterr().out
+
+
+def test_dry_run_prints_config_and_data_summary(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--data", str(data_dir), "--run-dir", str(tmp_path / "run"), "--dry-run", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "n_critic: 2" in out and "size: 16" in out
+    assert "9" in out and "classes" in out.lower()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["train", "--data", "/no/such/folder"], "/no/such/folder"),
+        (["train", "--set", "train.n_critic=0", "--data", "x"], r"train\.n_critic"),
+        (["train", "--set", "train.bogus=1", "--data", "x"], r"unknown key 'train\.bogus'"),
+        (["train"], "no data: pass --data"),
+        (["sample", "--checkpoint", "/no/run", "--out", "x"], "no such checkpoint"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args: list[str], match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("volgan: error: ") and len(err.splitlines()) == 1
+    assert re.search(match, err), err
+
+
+def test_original_train_cli_script(tmp_path: Path, data_dir: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((REPO / "config" / "default.yaml").read_text())
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "train_cli.py"),
+        "--root-dir",
+        str(data_dir),
+        "--config-path",
+        str(cfg),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        *TINY,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001.pt").exists()
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys; from volgan.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip().endswith("False")

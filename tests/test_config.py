@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from volgan.config import Config, load_config, parse_override
+from volgan.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_documented_default_yaml_equals_builtin_defaults() -> None:
+    assert load_config(REPO / "config" / "default.yaml") == Config()
+
+
+def test_every_key_of_default_yaml_has_a_comment() -> None:
+    for line in (REPO / "config" / "default.yaml").read_text().splitlines():
+        if ":" in line and not line.lstrip().startswith("#") and not line.rstrip().endswith(":"):
+            assert "#" in line, f"undocumented key: {line.strip()}"
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(None, ["train.batch_size=8", "train.betas=[0.5, 0.99]", "data.root=/x"])
+    assert cfg.train.batch_size == 8 and cfg.train.betas == (0.5, 0.99) and cfg.data.root == "/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("train:\n  n_critc: 5\n", r"c\.yaml: unknown key 'train\.n_critc'"),
+        ("bogus: 1\n", r"unknown key 'bogus'"),
+        ("train:\n  n_critic: 0\n", r"train\.n_critic: .*greater than or equal to 1, got 0"),
+        ("train:\n  batch_size: four\n", r"train\.batch_size: .*integer.*got 'four'"),
+        ("data:\n  size: 50\n", r"data\.size 50 cannot be built"),
+        ("data:\n  size: 4\n", r"data\.size: .*greater than or equal to 8"),
+        ("model:\n  num_classes: 1\n", r"needs >= 2 classes"),
+        ("data:\n  orientation: RAX\n", r"data\.orientation: must be three axis codes"),
+        ("data:\n  intensity_percentiles: [99, 1]\n", r"low < high"),
+        ("data:\n  resample: spacing\n", r"needs data\.spacing"),
+        ("train:\n  betas: [0.5, 1.5]\n", r"train\.betas: each beta"),
+        ("device: tpu\n", r"device: .*'auto', 'cpu' or 'cuda'"),
+        ("train: [1, 2]\n", r"train: .*valid dictionary"),
+        ("- a\n- b\n", r"expected a mapping"),
+        ("train:\n  steps: 3\n bad indent: 1\n", r"YAML syntax error at line \d+"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+    assert str(tmp_path / "c.yaml") in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_override() -> None:
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("train.steps")
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.stepz'"):
+        load_config(None, ["train.stepz=3"])
+
+
+def test_digest_tracks_architecture_only() -> None:
+    a, b = Config(), load_config(None, ["train.steps=5"])
+    assert a.digest() == b.digest()
+    assert a.digest() != load_config(None, ["model.ngf=16"]).digest()

@@ -1,0 +1,41 @@
+import torch
+
+from volgan.losses import critic_loss, generator_loss, gradient_penalty
+
+
+def test_gradient_penalty_of_a_linear_critic_is_exact() -> None:
+    """f(x) = <w, x> has gradient w everywhere, so the penalty is (‖w‖ − 1)² for every sample."""
+    torch.manual_seed(0)
+    w = torch.randn(1, 1, 4, 5, 6, dtype=torch.float64)
+    real, fake = (
+        torch.randn(3, 1, 4, 5, 6, dtype=torch.float64),
+        torch.randn(3, 1, 4, 5, 6, dtype=torch.float64),
+    )
+    gp = gradient_penalty(lambda x: (x * w).flatten(1).sum(1), real, fake, torch.rand(3))
+    expected = (w.norm() - 1) ** 2
+    torch.testing.assert_close(gp.double(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_gradient_penalty_norm_spans_every_voxel_not_only_dims_1_to_3() -> None:
+    """A norm over dims [1, 2, 3] only (a common 2-D leftover) would give a different value here."""
+    w = torch.zeros(1, 1, 2, 2, 2)
+    w[..., 0] = 1.0  # gradient non-zero on half of the last axis
+    real = fake = torch.zeros(1, 1, 2, 2, 2)
+    gp = gradient_penalty(lambda x: (x * w).flatten(1).sum(1), real, fake, torch.ones(1))
+    torch.testing.assert_close(gp, torch.tensor((2.0 - 1.0) ** 2))  # ‖w‖ = sqrt(4) = 2
+
+
+def test_gradient_penalty_has_a_gradient_for_the_critic() -> None:
+    w = torch.full((1, 1, 2, 2, 2), 0.3, requires_grad=True)
+    real, fake = torch.randn(2, 1, 2, 2, 2), torch.randn(2, 1, 2, 2, 2)
+    gp = gradient_penalty(lambda x: (x * w).flatten(1).sum(1), real, fake, torch.rand(2))
+    (g,) = torch.autograd.grad(gp, w)
+    # d/dw (‖w‖ − 1)² = 2(‖w‖ − 1) w / ‖w‖
+    norm = w.detach().norm()
+    torch.testing.assert_close(g, 2 * (norm - 1) * w.detach() / norm)
+
+
+def test_wasserstein_losses() -> None:
+    real, fake = torch.tensor([2.0, 4.0]), torch.tensor([1.0, -1.0])
+    assert critic_loss(real, fake).item() == -3.0
+    assert generator_loss(fake).item() == 0.0

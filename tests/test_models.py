@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from volgan.config import grid_stages
+from volgan.models.wgan_gp import Critic, Generator, stage_channels
+
+
+@pytest.mark.parametrize(
+    ("size", "num_classes"),
+    [(8, 0), (16, 3), (24, 2), (32, 0), (32, 3), (48, 2), (64, 0), (64, 3)],
+)
+def test_generator_and_critic_shapes(size: int, num_classes: int) -> None:
+    g = Generator(size, latent_dim=8, num_classes=num_classes, ngf=2, embed_dim=4)
+    d = Critic(size, num_classes=num_classes, ndf=2)
+    labels = torch.tensor([0, 1]) if num_classes else None
+    x = g(torch.randn(2, 8), labels)
+    assert x.shape == (2, 1, size, size, size)
+    assert x.abs().max() <= 1.0  # Tanh output
+    assert d(x, labels).shape == (2,)
+
+
+def test_stage_channels_follow_width_and_cap() -> None:
+    assert stage_channels(32, 4, 512) == [256, 128, 64, 32]
+    assert stage_channels(32, 5, 256) == [256, 256, 128, 64, 32]
+
+
+@pytest.mark.parametrize(("size", "expected"), [(8, (4, 1)), (64, (4, 4)), (96, (6, 4)), (112, (7, 4)), (128, (4, 5))])
+def test_grid_stages(size: int, expected: tuple[int, int]) -> None:
+    assert grid_stages(size) == expected
+
+
+@pytest.mark.parametrize("size", [4, 50, 66, 36 * 3])
+def test_grid_stages_rejects_sizes_that_cannot_be_built(size: int) -> None:
+    with pytest.raises(ValueError, match=r"data\.size"):
+        grid_stages(size)
+
+
+def test_conditioning_changes_the_output() -> None:
+    torch.manual_seed(0)
+    g = Generator(16, latent_dim=8, num_classes=3, ngf=4, embed_dim=4)
+    for p in g.parameters():  # the class path starts at zero; give it weights as training would
+        torch.nn.init.normal_(p, std=0.2)
+    z = torch.randn(1, 8).repeat(2, 1)
+    a, b = g(z, torch.tensor([0, 2]))
+    assert not torch.allclose(a, b)
+
+
+def test_critic_is_per_sample() -> None:
+    """No batch statistics: a sample's score must not depend on its batch mates (needed for the GP)."""
+    torch.manual_seed(0)
+    d = Critic(16, num_classes=2, ndf=4)
+    x, y = torch.randn(4, 1, 16, 16, 16), torch.tensor([0, 1, 1, 0])
+    torch.testing.assert_close(d(x, y)[:1], d(x[:1], y[:1]), rtol=1e-5, atol=1e-5)
+
+
+def test_conditional_models_require_labels() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        Generator(8, latent_dim=4, num_classes=2, ngf=2)(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="labels"):
+        Critic(8, num_classes=2, ndf=2)(torch.randn(1, 1, 8, 8, 8))

@@ -1,0 +1,149 @@
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_data
+from volgan import checkpoint as ckpt
+from volgan.errors import CheckpointError, VolganError
+from volgan.training import BatchStream, Trainer, TrainingDiverged
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"g.{k}": v for k, v in trainer.generator.state_dict().items()}
+    out |= {f"d.{k}": v for k, v in trainer.critic.state_dict().items()}
+    out |= {f"ema.{k}": v for k, v in trainer.ema.module.state_dict().items()}
+    return out
+
+
+def assert_same_weights(a: Trainer, b: Trainer) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_batch_stream_covers_each_epoch_once_and_resumes() -> None:
+    s = BatchStream(7, 3, seed=5)
+    first = np.concatenate([s.next() for _ in range(7)])  # 21 indices = 3 epochs
+    for e in range(3):
+        assert sorted(first[7 * e : 7 * e + 7]) == list(range(7))
+    s2 = BatchStream(7, 3, seed=5)
+    for _ in range(3):
+        s2.next()
+    resumed = BatchStream(7, 3, seed=5, **s2.state())
+    assert np.array_equal(np.concatenate([resumed.next() for _ in range(4)]), first[9:])
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    data = tiny_data()
+    a = Trainer(tiny_config(tmp_path / "a"), data)
+    a.fit()
+    b = Trainer(tiny_config(tmp_path / "b"), data)
+    b.fit()
+    assert_same_weights(a, b)
+    c = Trainer(tiny_config(tmp_path / "c", seed=1), data)
+    c.fit()
+    assert not torch.equal(a.generator.to_volume.weight, c.generator.to_volume.weight)
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    """4 steps straight == 2 steps + resume + 2 steps, bit for bit on the CPU."""
+    data = tiny_data()
+    straight = Trainer(tiny_config(tmp_path / "straight"), data)
+    straight.fit()
+    first = Trainer(tiny_config(tmp_path / "split"), data)
+    first.fit(stop_after=2)
+    assert first.step == 2
+    second = Trainer(tiny_config(tmp_path / "split"), data, resume=tmp_path / "split")
+    assert second.step == 2
+    second.fit()
+    assert second.step == 4
+    assert_same_weights(straight, second)
+    for a, b in zip(
+        straight.opt_d.state_dict()["state"].values(),
+        second.opt_d.state_dict()["state"].values(),
+        strict=True,
+    ):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_run_folder_outputs(tmp_path: Path) -> None:
+    result = Trainer(tiny_config(tmp_path / "run"), tiny_data()).fit()
+    run = result.run_dir
+    assert (run / "config.yaml").exists() and (run / "class_to_idx.json").exists()
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002.pt", "step_00000004.pt"]
+    lines = (run / "stats.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and '"loss_d"' in lines[0] and '"sec_per_step"' in lines[0]
+    assert any((run / "tensorboard").iterdir())
+    assert (run / "figures" / "samples.png").stat().st_size > 1000
+    assert (run / "figures" / "losses.png").stat().st_size > 1000
+    state = ckpt.load_checkpoint(result.checkpoint)
+    assert state["class_names"] == ["c0", "c1"] and state["step"] == 4
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path: Path) -> None:
+    Trainer(tiny_config(tmp_path / "run"), tiny_data()).fit()
+    with pytest.raises(VolganError, match="already holds checkpoints; pass --resume"):
+        Trainer(tiny_config(tmp_path / "run"), tiny_data())
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path: Path) -> None:
+    Trainer(tiny_config(tmp_path / "run"), tiny_data()).fit()
+    other = tiny_config(tmp_path / "run", model={"latent_dim": 8, "embed_dim": 4, "ngf": 8, "ndf": 4})
+    with pytest.raises(CheckpointError, match=r"checkpoint of another config: model\.ngf is 4 there, 8 here"):
+        Trainer(other, tiny_data(), resume=tmp_path / "run")
+
+
+def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path: Path) -> None:
+    data = tiny_data()
+    trainer = Trainer(tiny_config(tmp_path / "run"), data)
+    trainer.fit(stop_after=2)
+    good = trainer.last_checkpoint
+    before = good.read_bytes()
+    with torch.no_grad():
+        trainer.critic.head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=rf"step 3: critic loss is nan .*last good checkpoint: .*{good.name}"):
+        trainer.fit()
+    assert good.read_bytes() == before
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == [good.name]
+
+
+def test_nan_loss_can_be_skipped(tmp_path: Path) -> None:
+    trainer = Trainer(
+        tiny_config(tmp_path / "run", train={"steps": 2, "batch_size": 3, "n_critic": 2, "on_nonfinite": "skip"}),
+        tiny_data(),
+    )
+    with torch.no_grad():
+        trainer.critic.head.weight.fill_(float("nan"))
+    g_before = trainer.generator.to_volume.weight.clone()
+    trainer.train_step()
+    assert torch.equal(trainer.generator.to_volume.weight, g_before)  # no update from a NaN loss
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path: Path) -> None:
+    trainer = Trainer(
+        tiny_config(
+            tmp_path / "run",
+            train={"steps": 50, "batch_size": 3, "n_critic": 1},
+            log={"checkpoint_every": 1000, "progress_bar": False},
+        ),
+        tiny_data(),
+    )
+    original = trainer.train_step
+
+    def step_then_signal() -> dict[str, float]:
+        out = original()
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    trainer.train_step = step_then_signal  # type: ignore[method-assign]
+    handler_before = signal.getsignal(signal.SIGTERM)
+    result = trainer.fit()
+    assert result.interrupted and result.step == 3
+    assert ckpt.load_checkpoint(result.checkpoint)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # our handler is removed again
