@@ -4,8 +4,10 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_class_folders
@@ -118,3 +120,42 @@ def test_help_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip().endswith("False")
+
+
+def _empty_class(root: Path) -> str:
+    (root / "3").mkdir()
+    return r"3.*(empty|no volume)"
+
+
+def _corrupt_nifti(root: Path) -> str:
+    (root / "0" / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 definitely not gzip")
+    return r"broken\.nii\.gz"
+
+
+def _nan_voxels(root: Path) -> str:
+    vol = np.zeros((16, 16, 16), np.float32)
+    vol[3, 3, 3] = np.nan
+    np.save(root / "1" / "nan.npy", vol)
+    return r"nan\.npy.*(NaN|finite)"
+
+
+def _four_d(root: Path) -> str:
+    np.save(root / "1" / "time.npy", np.zeros((16, 16, 16, 3), np.float32))
+    return r"time\.npy.*3-D"
+
+
+def _strings(root: Path) -> str:
+    np.save(root / "0" / "words.npy", np.array(["a", "b"]))
+    return r"words\.npy.*numeric"
+
+
+@pytest.mark.parametrize("make_bad", [_empty_class, _corrupt_nifti, _nan_voxels, _four_d, _strings])
+def test_bad_data_is_one_line_and_leaves_no_run_folder(
+    make_bad: Callable[[Path], str], tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    match = make_bad(data_dir)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--run-dir", str(run), "--steps", "1", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err, re.IGNORECASE), err
+    assert not run.exists()

@@ -18,6 +18,7 @@ import pytest
 from volgan.config import DataConfig
 from volgan.data import dataset
 from volgan.data.dataset import CACHE_VERSION, VolumeSet, default_cache_dir, load_volumes
+from volgan.data.preprocess import grid_affine
 from volgan.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -112,7 +113,7 @@ def test_nifti_folder_is_reoriented_and_fitted(tmp_path: Path) -> None:
     marker = np.unravel_index(np.argmax(data.volumes[0]), (8, 8, 8))
     assert marker == (7, 5, 2)  # RAS: right end of axis 0, anterior end of the content on axis 1
     assert data.intensity_range == (0.0, 100.0)
-    np.testing.assert_allclose(data.affine, dataset.grid_affine(8, data.spacing))
+    np.testing.assert_allclose(data.affine, grid_affine(8, data.spacing))
 
 
 @pytest.mark.parametrize("image_shape", [(6, 8, 8, 8), (6, 1, 8, 8, 8)], ids=["NDHW", "N1DHW"])
@@ -201,7 +202,7 @@ def test_leftover_temp_dir_and_damaged_entries_are_never_used(
 
     volumes = entry / "volumes.npy"
     volumes.write_bytes(volumes.read_bytes()[:200])  # truncated array
-    with caplog.at_level(logging.WARNING, logger="volgan.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="volgan.data.cache"):
         rebuilt = load_volumes(cfg(tmp_path), root)
     assert len(reads) == 4 and "damaged data cache entry" in caplog.text
     np.testing.assert_array_equal(rebuilt.volumes, expected)
@@ -389,7 +390,7 @@ def test_from_arrays_and_summary() -> None:
     data = VolumeSet.from_arrays(volumes, [0, 1, 1, 0, 1], ["neg", "pos"], spacing=2.0, intensity_range=(0, 100))
     assert data.labels.dtype == np.int64 and data.sources[3] == "array[3]"
     assert data.class_counts() == {"neg": 2, "pos": 3}
-    np.testing.assert_allclose(data.affine, dataset.grid_affine(8, 2.0))
+    np.testing.assert_allclose(data.affine, grid_affine(8, 2.0))
     summary = data.summary()
     for text in ("5 x 8x8x8", "2 mm", "neg: 2, pos: 3", "[0, 100]", "mean"):
         assert text in summary

@@ -69,6 +69,7 @@ class ModelConfig(_Section):
     ngf: int = Field(32, ge=1)
     ndf: int = Field(32, ge=1)
     max_channels: int = Field(512, ge=1)
+    ac_weight: float = Field(0.0, ge=0)
 
 
 class TrainConfig(_Section):

@@ -29,7 +29,7 @@ def demo_config(run_dir: Path, size: int, minutes: float, steps: int, device: st
         "model": {"latent_dim": 64, "embed_dim": 32, "ngf": 16, "ndf": 16},
         "train": {
             "steps": steps,
-            "batch_size": 16,
+            "batch_size": 8,
             "n_critic": 2,
             "lr_g": 2e-4,
             "lr_d": 2e-4,

@@ -61,6 +61,7 @@ class LoadedGenerator:
     num_classes: int
     intensity_range: tuple[float, float]
     spacing: float
+    affine: np.ndarray
     size: int
     step: int
     config_hash: str
@@ -89,6 +90,7 @@ def load_generator(where: str | Path, *, ema: bool = True, device: torch.device 
         int(state["num_classes"]),
         (float(lo), float(hi)),
         float(state["spacing"]),
+        np.asarray(state["affine"], dtype=np.float64),
         cfg.data.size,
         int(state["step"]),
         cfg.digest(),
@@ -138,16 +140,15 @@ def write_samples(
     fmt: str = "nii.gz",
 ) -> list[Path]:
     """Map volumes (N, S, S, S) in [-1, 1] back to data intensities and write one file + JSON sidecar each."""
-    from volgan.data.preprocess import grid_affine, unscale
+    from volgan.data.preprocess import unscale
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    affine = grid_affine(loaded.size, loaded.spacing)
     written = []
     for vol, label, i in zip(volumes, labels, indices, strict=True):
         name = loaded.class_names[label] if loaded.num_classes else "all"
         stem = f"{_safe(name)}_seed{seed}_{i:05d}"
         path = out_dir / f"{stem}.{fmt}"
-        write_volume(unscale(vol, *loaded.intensity_range), path, affine)
+        write_volume(unscale(vol, *loaded.intensity_range), path, loaded.affine)
         meta: dict[str, Any] = {
             "class_name": name,
             "class_index": label if loaded.num_classes else None,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from volgan import checkpoint as ckpt
 from volgan.config import Config, build_config, save_config
@@ -31,7 +32,7 @@ log = logging.getLogger("volgan")
 # Settings that must match between a checkpoint and the run that resumes or samples from it.
 ARCHITECTURE_KEYS = {
     "data": ("size",),
-    "model": ("family", "latent_dim", "embed_dim", "ngf", "ndf", "max_channels"),
+    "model": ("family", "latent_dim", "embed_dim", "ngf", "ndf", "max_channels", "ac_weight"),
 }
 
 
@@ -88,7 +89,7 @@ class BatchStream:
 def build_models(cfg: Config, num_classes: int) -> tuple[Generator, Critic]:
     m = cfg.model
     g = Generator(cfg.data.size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels)
-    d = Critic(cfg.data.size, num_classes, m.ndf, m.max_channels)
+    d = Critic(cfg.data.size, num_classes, m.ndf, m.max_channels, aux_classifier=m.ac_weight > 0)
     return g, d
 
 
@@ -162,6 +163,7 @@ class Trainer:
             "class_names": list(self.data.class_names),
             "intensity_range": [float(v) for v in self.data.intensity_range],
             "spacing": float(self.data.spacing),
+            "affine": np.asarray(self.data.affine, dtype=np.float64).tolist(),
             "generator": self.generator.state_dict(),
             "critic": self.critic.state_dict(),
             "ema": self.ema.module.state_dict(),
@@ -240,19 +242,26 @@ class Trainer:
             with torch.no_grad():
                 fake = g(torch.randn(b, g.latent_dim, device=self.device), labels)
             # InstanceNorm is per-sample, so one pass over real+fake equals two separate passes.
-            scores = d(torch.cat([real, fake]), torch.cat([labels, labels]))
+            scores, logits = d.score_and_logits(torch.cat([real, fake]), torch.cat([labels, labels]))
             real_scores, fake_scores = scores[:b], scores[b:]
             alpha = torch.rand(b, device=self.device)
             gp = gradient_penalty(functools.partial(d, labels=labels), real, fake, alpha)
             w_loss = critic_loss(real_scores, fake_scores)
             loss_d = w_loss + t.gp_weight * gp + t.drift_weight * drift_penalty(real_scores)
+            if logits is not None:  # auxiliary classifier learns the classes from real volumes only
+                loss_d = loss_d + self.cfg.model.ac_weight * F.cross_entropy(logits[:b], labels)
             self.opt_d.zero_grad(set_to_none=True)
             if self._check_finite("critic loss", loss_d.detach()):
                 loss_d.backward()
                 self.opt_d.step()
         assert labels is not None
         z = torch.randn(labels.shape[0], g.latent_dim, device=self.device)
-        loss_g = generator_loss(d(g(z, labels), labels))
+        d.requires_grad_(False)  # the generator step needs gradients through the critic, not for it
+        fake_scores, logits = d.score_and_logits(g(z, labels), labels)
+        d.requires_grad_(True)
+        loss_g = generator_loss(fake_scores)
+        if logits is not None:
+            loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(logits, labels)
         self.opt_g.zero_grad(set_to_none=True)
         if self._check_finite("generator loss", loss_g.detach()):
             loss_g.backward()

@@ -7,7 +7,7 @@ in one property that a person sees in the axial mid-slice:
 
 * ``healthy``: small dark lateral ventricles near the centre;
 * ``lesion``:  as healthy, plus one bright focal lesion (brighter than white matter, radius
-  8-11 % of the grid) in the white matter, centred near the axial mid-plane;
+  12-15 % of the grid) in the white matter, centred near the axial mid-plane;
 * ``atrophy``: strongly enlarged ventricles and a shrunken brain with a wider CSF rim.
 
 All classes share one fixed intensity scale (tissue values below, mapped with
@@ -53,8 +53,9 @@ _BIAS_AMPLITUDE = 0.07  # multiplicative, smooth: 1 +/- 7 %
 # strongest bias field, a lesion sits above ~0.8; CSF sits near -0.75 and grey matter near -0.15.
 _BRIGHT_THRESHOLD = 0.58
 _DARK_THRESHOLD = -0.45
-# A lesion of the smallest radius (8 % of the grid) covers ~0.21 % of the grid; a quarter of that
-# in bright voxels is evidence of a lesion, while noise alone stays 5 sigma below the threshold.
+# A lesion of the smallest radius (12 % of the grid) covers ~0.72 % of the grid. Evidence of a lesion is
+# a quarter of the volume of an 8 % lesion in bright voxels: far below any lesion, while noise alone
+# stays 5 sigma below the threshold.
 _LESION_MIN_FRACTION = 0.25 * (4 / 3) * np.pi * 0.08**3
 # Dark (CSF-like) share of the central box: at most ~2 % for healthy ventricles (~4 % at 16³,
 # where partial volume blurs them), at least ~10 % with ventriculomegaly.
@@ -151,7 +152,7 @@ def _place_lesion(s: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarr
     The centre lies within 0.3 radii of the axial mid-plane, so the lesion shows in the axial
     mid-slice. Candidates are drawn until one fits; the best of 200 is kept otherwise.
     """
-    radius = 2.0 * rng.uniform(0.08, 0.11)  # 8-11 % of the grid, in normalised units
+    radius = 2.0 * rng.uniform(0.12, 0.15)  # 12-15 % of the grid, in normalised units
     # Probe the centre and 26 points on the lesion's surface (unit directions in the image frame).
     dirs = np.stack(np.meshgrid(*[np.array([-1.0, 0.0, 1.0])] * 3, indexing="ij"), -1).reshape(-1, 3)
     dirs = dirs[np.abs(dirs).sum(1) > 0]

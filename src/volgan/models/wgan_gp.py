@@ -108,6 +108,7 @@ class Critic(nn.Module):
         num_classes: int = 0,
         ndf: int = 32,
         max_channels: int = 512,
+        aux_classifier: bool = False,
     ) -> None:
         super().__init__()
         self.size, self.num_classes = size, num_classes
@@ -126,16 +127,25 @@ class Critic(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv3d(chans[-1], 1, base)  # dense layer over the base³ block
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
+        self.classifier = nn.Linear(chans[-1], num_classes) if num_classes and aux_classifier else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, 1, S, S, S); labels: (B,) int64 (ignored if unconditional) -> (B,)."""
+    def score_and_logits(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, 1, S, S, S); labels: (B,) -> scores (B,) and, with the auxiliary classifier, logits (B, K)."""
         h = self.features(x)
         out = self.head(h).flatten(1).squeeze(1)
+        pooled = h.sum(dim=(2, 3, 4))
         if self.embed is not None:
             if labels is None:
                 raise ValueError("a conditional critic needs class labels")
-            out = out + (self.embed(labels) * h.sum(dim=(2, 3, 4))).sum(dim=1)
-        return out
+            out = out + (self.embed(labels) * pooled).sum(dim=1)
+        logits = self.classifier(pooled) if self.classifier is not None else None
+        return out, logits
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 1, S, S, S); labels: (B,) int64 (ignored if unconditional) -> (B,)."""
+        return self.score_and_logits(x, labels)[0]
 
 
 def count_parameters(module: nn.Module) -> int:
