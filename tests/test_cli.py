@@ -159,3 +159,24 @@ def test_bad_data_is_one_line_and_leaves_no_run_folder(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(match, err, re.IGNORECASE), err
     assert not run.exists()
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "bench" / "naive_cwgan.py").exists(), reason="needs ../shared/bench")
+def test_train_step_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "train_step.py"),
+        "--size",
+        "16",
+        "--batch",
+        "2",
+        "--n-critic",
+        "2",
+        "--rounds",
+        "1",
+        "--run-dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"ratio volgan/yardstick throughput: \d+\.\d\dx", proc.stdout)
