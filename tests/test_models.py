@@ -58,3 +58,12 @@ def test_conditional_models_require_labels() -> None:
         Generator(8, latent_dim=4, num_classes=2, ngf=2)(torch.randn(1, 4))
     with pytest.raises(ValueError, match="labels"):
         Critic(8, num_classes=2, ndf=2)(torch.randn(1, 1, 8, 8, 8))
+
+
+def test_critic_starts_with_a_moderate_input_gradient() -> None:
+    """At initialisation the gradient norm is O(1), so the penalty does not dominate the first steps."""
+    torch.manual_seed(0)
+    d = Critic(64, num_classes=3, ndf=8)
+    x = (torch.rand(2, 1, 64, 64, 64) * 2 - 1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x, torch.tensor([0, 2])).sum(), x)
+    assert grad.flatten(1).norm(dim=1).max() < 5.0

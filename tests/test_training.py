@@ -147,3 +147,17 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path: Path) -> None:
     assert result.interrupted and result.step == 3
     assert ckpt.load_checkpoint(result.checkpoint)["step"] == 3
     assert signal.getsignal(signal.SIGTERM) == handler_before  # our handler is removed again
+
+
+def test_single_class_data_trains_an_unconditional_model(tmp_path: Path) -> None:
+    from volgan.sampling import generate, load_generator, write_samples
+
+    trainer = Trainer(
+        tiny_config(tmp_path / "run", train={"steps": 1, "batch_size": 2, "n_critic": 1}), tiny_data(classes=1)
+    )
+    assert trainer.num_classes == 0 and trainer.generator.embed is None and trainer.critic.embed is None
+    trainer.fit()
+    loaded = load_generator(tmp_path / "run")
+    vols = generate(loaded.generator, torch.zeros(2, dtype=torch.long), seed=0).numpy()
+    paths = write_samples(loaded, vols, [0, 0], [0, 1], 0, tmp_path / "out", "npy")
+    assert [p.name for p in paths] == ["all_seed0_00000.npy", "all_seed0_00001.npy"]

@@ -127,6 +127,10 @@ class Critic(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv3d(chans[-1], 1, base)  # dense layer over the base³ block
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
+        if self.embed is not None:
+            # nn.Embedding's N(0, 1) init would make the projection term ~70x the rest of the
+            # critic's input gradient at 64³, so the first steps would fight the gradient penalty.
+            nn.init.normal_(self.embed.weight, std=0.02)
         self.classifier = nn.Linear(chans[-1], num_classes) if num_classes and aux_classifier else None
 
     def score_and_logits(
