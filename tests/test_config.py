@@ -72,3 +72,9 @@ def test_digest_tracks_architecture_only() -> None:
     a, b = Config(), load_config(None, ["train.steps=5"])
     assert a.digest() == b.digest()
     assert a.digest() != load_config(None, ["model.ngf=16"]).digest()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg != Config()

@@ -7,7 +7,7 @@ from volgan.models.wgan_gp import Critic, Generator, stage_channels
 
 @pytest.mark.parametrize(
     ("size", "num_classes"),
-    [(8, 0), (16, 3), (24, 2), (32, 0), (32, 3), (48, 2), (64, 0), (64, 3)],
+    [(8, 0), (16, 3), (24, 2), (32, 0), (32, 3), (48, 2), (64, 0), (64, 3), (128, 2)],
 )
 def test_generator_and_critic_shapes(size: int, num_classes: int) -> None:
     g = Generator(size, latent_dim=8, num_classes=num_classes, ngf=2, embed_dim=4)

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,13 @@ class Trainer:
         self._stop_signal = signum
         log.warning("received %s: finishing the current step and writing a checkpoint", signal.Signals(signum).name)
 
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM -> finish the step, checkpoint, return (only possible in the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("training outside the main thread: Ctrl-C/SIGTERM will not write a final checkpoint")
+            return {}
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
     def preview(self) -> dict[str, np.ndarray]:
         """Two EMA samples per class from fixed latents (same every call): class name -> (2, S, S, S)."""
         from volgan.sampling import generate
@@ -305,7 +313,7 @@ class Trainer:
         )
         target = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
         logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar)
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers = self._install_signal_handlers()
         start, last_log, saved_at = time.perf_counter(), time.perf_counter(), self.step
         log_start_step = self.step
         try:
