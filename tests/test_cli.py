@@ -139,9 +139,14 @@ def _nan_voxels(root: Path) -> str:
     return r"nan\.npy.*(NaN|finite)"
 
 
-def _four_d(root: Path) -> str:
-    np.save(root / "1" / "time.npy", np.zeros((16, 16, 16, 3), np.float32))
-    return r"time\.npy.*3-D"
+def _five_d(root: Path) -> str:  # (a 4-D .npy is a batch of volumes, so 5-D is the wrong rank)
+    np.save(root / "1" / "time.npy", np.ones((2, 16, 16, 16, 3), np.float32))
+    return r"time\.npy: expected .*\(D, H, W\), got shape \(2, 16, 16, 16, 3\)"
+
+
+def _two_d(root: Path) -> str:
+    np.save(root / "1" / "slice.npy", np.ones((16, 16), np.float32))
+    return r"slice\.npy: expected .*got shape \(16, 16\)"
 
 
 def _strings(root: Path) -> str:
@@ -149,7 +154,7 @@ def _strings(root: Path) -> str:
     return r"words\.npy.*numeric"
 
 
-@pytest.mark.parametrize("make_bad", [_empty_class, _corrupt_nifti, _nan_voxels, _four_d, _strings])
+@pytest.mark.parametrize("make_bad", [_empty_class, _corrupt_nifti, _nan_voxels, _five_d, _two_d, _strings])
 def test_bad_data_is_one_line_and_leaves_no_run_folder(
     make_bad: Callable[[Path], str], tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,3 +185,19 @@ def test_train_step_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"ratio volgan/yardstick throughput: \d+\.\d\dx", proc.stdout)
+
+
+def test_dcgan_family_through_the_cli_with_meshes(tmp_path: Path, data_dir: Path) -> None:
+    run, out = tmp_path / "run", tmp_path / "samples"
+    dcgan = ["--set", "model.family=dcgan", "--set", "train.batch_size=3", "--steps", "2"]
+    assert main(["train", "--data", str(data_dir), "--run-dir", str(run), *TINY, *dcgan]) == 0
+    args = ["sample", "--checkpoint", str(run), "--class", "1", "--n", "1"]
+    assert main([*args, "--out", str(tmp_path / "probe"), "--format", "npy"]) == 0
+    # two steps in, the generator's occupancy hovers near 0.5: put the surface at this sample's median
+    lo, hi = json.loads((tmp_path / "probe" / "1_seed0_00000.json").read_text())["intensity_range"]
+    level = float(np.median((np.load(tmp_path / "probe" / "1_seed0_00000.npy") - lo) / (hi - lo)))
+    assert main([*args, "--out", str(out), "--mesh", "obj", "--mesh", "stl", "--threshold", str(level)]) == 0
+    stem = "1_seed0_00000"
+    assert {p.name for p in out.iterdir()} == {f"{stem}.nii.gz", f"{stem}.json", f"{stem}.obj", f"{stem}.stl"}
+    meta = json.loads((out / f"{stem}.json").read_text())
+    assert meta["meshes"] == [f"{stem}.obj", f"{stem}.stl"] and meta["mesh_level"] == level

@@ -8,13 +8,14 @@ import torch
 
 from conftest import tiny_config, tiny_data
 from volgan import checkpoint as ckpt
+from volgan.data.stream import BatchStream
 from volgan.errors import CheckpointError, VolganError
-from volgan.training import BatchStream, Trainer, TrainingDiverged
+from volgan.training import Trainer, TrainingDiverged
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     out = {f"g.{k}": v for k, v in trainer.generator.state_dict().items()}
-    out |= {f"d.{k}": v for k, v in trainer.critic.state_dict().items()}
+    out |= {f"d.{k}": v for k, v in trainer.discriminator.state_dict().items()}
     out |= {f"ema.{k}": v for k, v in trainer.ema.module.state_dict().items()}
     return out
 
@@ -105,7 +106,7 @@ def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path: Path) -> No
     good = trainer.last_checkpoint
     before = good.read_bytes()
     with torch.no_grad():
-        trainer.critic.head.weight.fill_(float("nan"))
+        trainer.discriminator.head.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match=rf"step 3: critic loss is nan .*last good checkpoint: .*{good.name}"):
         trainer.fit()
     assert good.read_bytes() == before
@@ -118,7 +119,7 @@ def test_nan_loss_can_be_skipped(tmp_path: Path) -> None:
         tiny_data(),
     )
     with torch.no_grad():
-        trainer.critic.head.weight.fill_(float("nan"))
+        trainer.discriminator.head.weight.fill_(float("nan"))
     g_before = trainer.generator.to_volume.weight.clone()
     trainer.train_step()
     assert torch.equal(trainer.generator.to_volume.weight, g_before)  # no update from a NaN loss
@@ -155,7 +156,8 @@ def test_single_class_data_trains_an_unconditional_model(tmp_path: Path) -> None
     trainer = Trainer(
         tiny_config(tmp_path / "run", train={"steps": 1, "batch_size": 2, "n_critic": 1}), tiny_data(classes=1)
     )
-    assert trainer.num_classes == 0 and trainer.generator.embed is None and trainer.critic.embed is None
+    assert trainer.num_classes == 0
+    assert trainer.generator.embed is None and trainer.discriminator.embed is None
     trainer.fit()
     loaded = load_generator(tmp_path / "run")
     vols = generate(loaded.generator, torch.zeros(2, dtype=torch.long), seed=0).numpy()

@@ -26,7 +26,8 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on a data folder or .npz file",
-        description="Train a conditional 3D WGAN-GP. Data: DIR/<class>/*.nii|*.nii.gz|*.npy or a MedMNIST-style .npz.",
+        description="Train a 3D GAN (model.family: wgan_gp | dcgan). Data: DIR/<class>/*.nii|*.nii.gz|*.npy, "
+        "voxel files, or a MedMNIST-style .npz.",
     )
     p.add_argument("--config", type=Path, help="YAML config (default: built-in defaults, see config/default.yaml)")
     p.add_argument("--data", help="data folder or .npz file (overrides data.root)")
@@ -65,6 +66,16 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--start", type=int, default=0, help="index of the first volume (to extend an earlier set)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--format", choices=["nii.gz", "nii", "npy"], default="nii.gz")
+    p.add_argument(
+        "--mesh",
+        action="append",
+        choices=["obj", "stl", "ply"],
+        default=[],
+        help="also write a marching-cubes surface at data.threshold (repeatable; for occupancy models)",
+    )
+    p.add_argument(
+        "--threshold", type=float, help="surface level for --mesh in [0, 1] (default: the model's data.threshold)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
         "--ema",
@@ -78,7 +89,13 @@ def _add_sample(sub: Any) -> None:
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="train on the built-in phantom dataset and write samples and figures (no data, no network)",
+        help="train on a built-in procedural dataset and write samples and figures (no data, no network)",
+    )
+    p.add_argument(
+        "--family",
+        choices=["wgan_gp", "dcgan"],
+        default="wgan_gp",
+        help="wgan_gp: conditional WGAN-GP on MRI-like head phantoms (default); dcgan: 3D-GAN on voxel objects",
     )
     p.add_argument("--run-dir", type=Path, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--minutes", type=float, default=4.0, help="training time budget (default 4)")
@@ -168,6 +185,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise VolganError("--n and --batch-size must be >= 1")
     device = resolve_device(args.device)
     loaded = load_generator(args.checkpoint, ema=args.ema, device=device)
+    if args.threshold is not None:
+        if not 0.0 <= args.threshold <= 1.0:
+            raise VolganError(f"--threshold must be in [0, 1], got {args.threshold}")
+        loaded.threshold = args.threshold
     all_classes = list(range(loaded.num_classes)) or [0]  # an unconditional model has one "class"
     classes = [class_index(loaded, k) for k in args.klass] if args.klass else all_classes
     indices = list(range(args.start, args.start + args.n))
@@ -175,8 +196,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for k in classes:
         labels = torch.full((args.n,), k, dtype=torch.long)
         vols = generate(loaded.generator, labels, args.seed, args.start, args.batch_size, device).numpy()
-        total += len(write_samples(loaded, vols, [k] * args.n, indices, args.seed, args.out, args.format))
-    print(f"wrote {total} volumes ({args.format}) with JSON sidecars to {args.out} (checkpoint step {loaded.step})")
+        total += len(write_samples(loaded, vols, [k] * args.n, indices, args.seed, args.out, args.format, args.mesh))
+    meshes = f" and {'/'.join(args.mesh)} meshes" if args.mesh else ""
+    print(f"wrote {total} volumes ({args.format}){meshes} and JSON sidecars to {args.out} (step {loaded.step})")
     return 0
 
 
@@ -192,6 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         device=args.device,
         seed=args.seed,
+        family=args.family,
     )
     return EXIT_INTERRUPTED if result.interrupted else 0
 

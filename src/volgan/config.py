@@ -32,6 +32,11 @@ class DataConfig(_Section):
     orientation: str = "RAS"
     interpolation: Literal["linear", "nearest"] = "linear"
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    binary: bool = False
+    """Expect occupancy grids: any volume not two-valued {0, m} is rejected; 0 -> -1 and 1 -> +1 exactly,
+    without percentile clipping; a resampled volume is re-thresholded at 0.5 so it stays binary."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Occupancy level in [0, 1] at which generated volumes are cut into solid/empty (meshes, renders)."""
     npz_split: str = "train"
     cache_dir: str | None = None
 
@@ -59,10 +64,24 @@ class DataConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
-    """Architecture of the generator and critic."""
+# Defaults that differ between the families; a key left out (or null) in a config takes the
+# value of its model.family: WGAN-GP as in Gulrajani et al. 2017, DCGAN as in 3D-GAN (Wu et al. 2016).
+FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "wgan_gp": {
+        "model": {"latent_dim": 128, "ngf": 32, "ndf": 32},
+        "train": {"batch_size": 4, "lr_g": 1e-4, "lr_d": 1e-4, "betas": (0.0, 0.9)},
+    },
+    "dcgan": {
+        "model": {"latent_dim": 200, "ngf": 64, "ndf": 64},
+        "train": {"batch_size": 32, "lr_g": 2.5e-3, "lr_d": 1e-5, "betas": (0.5, 0.999)},
+    },
+}
 
-    family: Literal["wgan_gp"] = "wgan_gp"
+
+class ModelConfig(_Section):
+    """Architecture of the generator and the critic (WGAN-GP) or discriminator (DCGAN)."""
+
+    family: Literal["wgan_gp", "dcgan"] = "wgan_gp"
     latent_dim: int = Field(128, ge=1)
     num_classes: int | None = Field(None, ge=0)
     embed_dim: int = Field(64, ge=1)
@@ -86,6 +105,11 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     max_minutes: float | None = Field(None, gt=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # DCGAN only
+    d_acc_threshold: float = Field(0.8, ge=0, le=1)
+    real_label: float = Field(1.0, gt=0.5, le=1)
+    label_noise: float = Field(0.0, ge=0, le=0.5)
+    label_flip: float = Field(0.0, ge=0, le=0.5)
 
     @field_validator("betas")
     @classmethod
@@ -115,6 +139,23 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """Fill keys that are missing or null with the defaults of ``model.family``."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model") or {}
+        family = model.get("family", "wgan_gp") if isinstance(model, dict) else None
+        if family not in FAMILY_DEFAULTS:
+            return data  # field validation reports the bad value
+        data = dict(data)
+        for section, values in FAMILY_DEFAULTS[family].items():
+            given = data.get(section) or {}
+            if isinstance(given, dict):
+                data[section] = {**given, **{k: v for k, v in values.items() if given.get(k) is None}}
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

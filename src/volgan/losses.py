@@ -36,3 +36,47 @@ def drift_penalty(real_scores: torch.Tensor) -> torch.Tensor:
 def generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """−E[D(G(z))]."""
     return -fake_scores.mean()
+
+
+# -- DCGAN (binary cross-entropy, computed on logits for numerical safety) ------------------------
+
+
+def bce_discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: torch.Tensor, fake_target: torch.Tensor
+) -> torch.Tensor:
+    """BCE(D(real), real_target) + BCE(D(fake), fake_target), on logits (B,) with targets (B,) in [0, 1]."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    return bce(real_logits.float(), real_target) + bce(fake_logits.float(), fake_target)
+
+
+def bce_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The non-saturating generator loss: BCE(D(G(z)), 1)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        fake_logits.float(), torch.ones_like(fake_logits.float())
+    )
+
+
+def discriminator_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Share of a batch the discriminator gets right: reals with p > 0.5, fakes with p < 0.5."""
+    right = (real_logits > 0).float().sum() + (fake_logits < 0).float().sum()
+    return right / (real_logits.numel() + fake_logits.numel())
+
+
+def label_targets(
+    n: int,
+    real: bool,
+    *,
+    real_label: float = 1.0,
+    noise: float = 0.0,
+    flip: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Targets (n,) for the discriminator: soft (``real_label`` < 1), noisy (± ``noise``) and
+    randomly flipped (probability ``flip``) labels; plain 1/0 with the defaults."""
+    target = torch.full((n,), real_label if real else 0.0, device=device)
+    if noise:
+        target = target + (torch.rand(n, device=device) * 2 - 1) * noise
+    if flip:
+        flipped = torch.rand(n, device=device) < flip
+        target = torch.where(flipped, torch.full_like(target, 0.0 if real else real_label), target)
+    return target.clamp(0.0, 1.0)

@@ -44,9 +44,14 @@ class RunLogger:
         for k, v in values.items():
             self.tb.add_scalar(f"train/{k}", v, step)
 
+    def epoch_scalars(self, epoch: int, records: list[dict[str, float]]) -> None:
+        """Means over an epoch's steps, as ``epoch/<key>`` in TensorBoard (x axis = epoch)."""
+        for key in records[0] if records else []:
+            self.tb.add_scalar(f"epoch/{key}", float(np.mean([r[key] for r in records if key in r])), epoch)
+
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """image: (H, W) floats in [0, 1]."""
-        self.tb.add_image(tag, image, step, dataformats="HW")
+        """image: (H, W) grey or (H, W, 3) RGB, floats in [0, 1]."""
+        self.tb.add_image(tag, image, step, dataformats="HW" if image.ndim == 2 else "HWC")
 
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from volgan import checkpoint as ckpt
 from volgan.errors import VolganError
-from volgan.models.wgan_gp import Generator
+from volgan.models import AnyGenerator, build_models
 
 log = logging.getLogger("volgan")
 
@@ -32,7 +33,7 @@ def latent_for(seed: int, index: int, latent_dim: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def generate(
-    generator: Generator,
+    generator: AnyGenerator,
     labels: torch.Tensor,
     seed: int,
     start: int = 0,
@@ -41,22 +42,25 @@ def generate(
 ) -> torch.Tensor:
     """labels: (N,) int64 -> volumes (N, S, S, S) float32 on the CPU, in [-1, 1].
 
-    Volume ``j`` uses the latent of index ``start + j``.
+    Volume ``j`` uses the latent of index ``start + j``. Every family's output range (Tanh's
+    [-1, 1], sigmoid's [0, 1]) is mapped to the data convention [-1, 1].
     """
     generator.eval()
     latent_dim = int(generator.latent_dim)
     out = []
-    for lo in range(0, len(labels), batch_size):
-        idx = range(start + lo, start + min(lo + batch_size, len(labels)))
+    for first in range(0, len(labels), batch_size):
+        idx = range(start + first, start + min(first + batch_size, len(labels)))
         z = torch.stack([latent_for(seed, i, latent_dim) for i in idx]).to(device)
-        y = labels[lo : lo + len(idx)].to(device)
+        y = labels[first : first + len(idx)].to(device)
         out.append(generator(z, y)[:, 0].float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    volumes = torch.cat(out) if out else torch.empty(0)
+    lo, hi = generator.output_range
+    return volumes if (lo, hi) == (-1.0, 1.0) else (volumes - lo) / (hi - lo) * 2 - 1
 
 
 @dataclass
 class LoadedGenerator:
-    generator: Generator
+    generator: AnyGenerator
     class_names: list[str]
     num_classes: int
     intensity_range: tuple[float, float]
@@ -67,11 +71,12 @@ class LoadedGenerator:
     config_hash: str
     checkpoint: Path
     ema: bool
+    threshold: float  # surface level for meshes, in [0, 1] occupancy units (data.threshold)
 
 
 def load_generator(where: str | Path, *, ema: bool = True, device: torch.device | str = "cpu") -> LoadedGenerator:
     """Rebuild the generator of a checkpoint file or run folder (latest checkpoint)."""
-    from volgan.training import build_models, config_from_checkpoint
+    from volgan.training import config_from_checkpoint
 
     path = ckpt.resolve_checkpoint(where)
     state = ckpt.load_checkpoint(path)
@@ -96,6 +101,7 @@ def load_generator(where: str | Path, *, ema: bool = True, device: torch.device 
         cfg.digest(),
         path,
         ema,
+        cfg.data.threshold,
     )
 
 
@@ -138,8 +144,13 @@ def write_samples(
     seed: int,
     out_dir: Path,
     fmt: str = "nii.gz",
+    meshes: Sequence[str] = (),
 ) -> list[Path]:
-    """Map volumes (N, S, S, S) in [-1, 1] back to data intensities and write one file + JSON sidecar each."""
+    """Map volumes (N, S, S, S) in [-1, 1] back to data intensities and write one file + JSON sidecar each.
+
+    ``meshes`` (any of "obj", "stl", "ply") adds marching-cubes surfaces at the model's threshold,
+    in world millimetres of the training grid.
+    """
     from volgan.data.preprocess import unscale
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,9 +172,23 @@ def write_samples(
             "intensity_range": list(loaded.intensity_range),
             "spacing_mm": loaded.spacing,
         }
+        if meshes:
+            meta["meshes"] = [f"{stem}.{m}" for m in meshes]
+            meta["mesh_level"] = loaded.threshold
+        for mesh_format in meshes:
+            _write_mesh(vol, out_dir / f"{stem}.{mesh_format}", 2 * loaded.threshold - 1, loaded.affine)
         (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2))
         written.append(path)
     return written
+
+
+def _write_mesh(volume: np.ndarray, path: Path, level: float, affine: np.ndarray) -> None:
+    from volgan.render import export_mesh
+
+    try:
+        export_mesh(volume, path, level, affine)
+    except ValueError as e:
+        raise VolganError(f"{path}: {e}") from None
 
 
 def _safe(name: str) -> str:

@@ -1,8 +1,13 @@
-"""The WGAN-GP training loop, its state, and the checkpoint round trip."""
+"""The training loop shared by both families, their update steps, and the checkpoint round trip.
+
+``model.family: wgan_gp`` runs ``n_critic`` critic updates (Wasserstein loss + gradient penalty)
+per generator update; ``dcgan`` alternates one discriminator update (binary cross-entropy, skipped
+while the discriminator's batch accuracy is above ``train.d_acc_threshold``) and one generator
+update. Everything else (data order, EMA, logging, checkpoints, signals) is the same code.
+"""
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -16,16 +21,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from volgan import checkpoint as ckpt
 from volgan.config import Config, build_config, save_config
 from volgan.data.dataset import VolumeSet
+from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
+from volgan.ema import EMA
 from volgan.errors import CheckpointError, VolganError
-from volgan.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
-from volgan.models.wgan_gp import Critic, Generator
+from volgan.losses import (
+    bce_discriminator_loss,
+    bce_generator_loss,
+    critic_loss,
+    discriminator_accuracy,
+    drift_penalty,
+    generator_loss,
+    gradient_penalty,
+    label_targets,
+)
+from volgan.models import Critic, DCGANDiscriminator, build_models
 from volgan.runlog import RunLogger
 
 log = logging.getLogger("volgan")
@@ -39,59 +54,6 @@ ARCHITECTURE_KEYS = {
 
 class TrainingDiverged(VolganError):
     """A loss became NaN/Inf."""
-
-
-class EMA:
-    """Exponential moving average of the generator's weights, with a warm-up so short runs benefit too."""
-
-    def __init__(self, model: Generator, decay: float) -> None:
-        self.module: Generator = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1 - decay)
-
-
-class BatchStream:
-    """Endless shuffled batches of indices; epoch e is a permutation seeded by (seed, e).
-
-    Its whole state is (epoch, position), so a resumed run sees exactly the batches it would have.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, position: int = 0) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.position = epoch, position
-        self._order = self._permutation(epoch)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
-
-    def next(self) -> np.ndarray:
-        out: list[np.ndarray] = []
-        need = self.batch_size
-        while need:
-            take = self._order[self.position : self.position + need]
-            out.append(take)
-            need -= len(take)
-            self.position += len(take)
-            if self.position >= self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-        return np.concatenate(out)
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-
-def build_models(cfg: Config, num_classes: int) -> tuple[Generator, Critic]:
-    m = cfg.model
-    g = Generator(cfg.data.size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels)
-    d = Critic(cfg.data.size, num_classes, m.ndf, m.max_channels, aux_classifier=m.ac_weight > 0)
-    return g, d
 
 
 def resolve_num_classes(cfg: Config, data: VolumeSet) -> int:
@@ -133,12 +95,13 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.num_classes = resolve_num_classes(cfg, data)
         torch.manual_seed(cfg.seed)
-        self.generator, self.critic = build_models(cfg, self.num_classes)
+        # `discriminator` is the critic of the WGAN-GP or the discriminator of the DCGAN.
+        self.generator, self.discriminator = build_models(cfg, self.num_classes)
         self.generator.to(self.device)
-        self.critic.to(self.device)
+        self.discriminator.to(self.device)
         t = cfg.train
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=t.lr_g, betas=t.betas)
-        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=t.lr_d, betas=t.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=t.lr_d, betas=t.betas)
         self.ema = EMA(self.generator, t.ema_decay)
         self.step = 0
         self.stream = BatchStream(len(data.labels), t.batch_size, cfg.seed)
@@ -166,7 +129,7 @@ class Trainer:
             "spacing": float(self.data.spacing),
             "affine": np.asarray(self.data.affine, dtype=np.float64).tolist(),
             "generator": self.generator.state_dict(),
-            "critic": self.critic.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
             "ema": self.ema.module.state_dict(),
             "ema_updates": self.ema.updates,
             "opt_g": self.opt_g.state_dict(),
@@ -185,7 +148,7 @@ class Trainer:
             )
         try:
             self.generator.load_state_dict(state["generator"])
-            self.critic.load_state_dict(state["critic"])
+            self.discriminator.load_state_dict(state["discriminator"])
             self.ema.module.load_state_dict(state["ema"])
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
@@ -233,9 +196,15 @@ class Trainer:
         )
 
     def train_step(self) -> dict[str, float]:
-        """n_critic critic updates, then one generator update and an EMA update."""
-        t = self.cfg.train
-        g, d = self.generator, self.critic
+        """One generator update and what precedes it (family-specific), then the EMA update."""
+        d = self.discriminator
+        values = self._critic_step(d) if isinstance(d, Critic) else self._dcgan_step(d)
+        self.step += 1
+        return values
+
+    def _critic_step(self, d: Critic) -> dict[str, float]:
+        """WGAN-GP: n_critic critic updates, then one generator update."""
+        t, g = self.cfg.train, self.generator
         labels = None
         for _ in range(t.n_critic):
             real, labels = self._real_batch()
@@ -263,13 +232,47 @@ class Trainer:
         loss_g = generator_loss(fake_scores)
         if logits is not None:
             loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(logits, labels)
+        self._generator_update(loss_g)
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "gp": gp.item(), "w_dist": -w_loss.item()}
+
+    def _dcgan_step(self, d: DCGANDiscriminator) -> dict[str, float]:
+        """3D-GAN: one discriminator update (only while its accuracy is <= the gate), one generator update."""
+        t, g = self.cfg.train, self.generator
+        real, labels = self._real_batch()
+        real = (real + 1) / 2  # the data's [-1, 1] -> the sigmoid's [0, 1]
+        b = real.shape[0]
+        fake = g(torch.randn(b, g.latent_dim, device=self.device), labels)
+        real_logits, fake_logits = d.logits(real, labels), d.logits(fake.detach(), labels)
+        targets = {
+            k: label_targets(b, k, real_label=t.real_label, noise=t.label_noise, flip=t.label_flip, device=self.device)
+            for k in (True, False)
+        }
+        loss_d = bce_discriminator_loss(real_logits, fake_logits, targets[True], targets[False])
+        accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
+        update_d = float(accuracy) <= t.d_acc_threshold  # the 3D-GAN gate: let G catch up
+        self.opt_d.zero_grad(set_to_none=True)
+        if update_d and self._check_finite("discriminator loss", loss_d.detach()):
+            loss_d.backward()
+            self.opt_d.step()
+        d.requires_grad_(False)
+        loss_g = bce_generator_loss(d.logits(fake, labels))
+        d.requires_grad_(True)
+        self._generator_update(loss_g)
+        return {
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "d_acc": float(accuracy),
+            "d_real": torch.sigmoid(real_logits).mean().item(),
+            "d_fake": torch.sigmoid(fake_logits).mean().item(),
+            "d_updated": float(update_d),
+        }
+
+    def _generator_update(self, loss_g: torch.Tensor) -> None:
         self.opt_g.zero_grad(set_to_none=True)
         if self._check_finite("generator loss", loss_g.detach()):
             loss_g.backward()
             self.opt_g.step()
-            self.ema.update(g)
-        self.step += 1
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "gp": gp.item(), "w_dist": -w_loss.item()}
+            self.ema.update(self.generator)
 
     # -- the loop ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -294,40 +297,76 @@ class Trainer:
             out[name] = generate(self.ema.module, labels, seed=self.cfg.seed, device=self.device).numpy()
         return out
 
-    def fit(self, stop_after: int | None = None) -> TrainResult:
-        """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps)."""
-        from volgan.figures import save_loss_curves, save_sample_grid, slice_montage
+    @property
+    def is_occupancy(self) -> bool:
+        """DCGAN runs are treated as occupancy/surface data: they also get surface renders."""
+        return self.cfg.model.family == "dcgan"
+
+    def _log_images(self, logger: RunLogger) -> None:
+        from volgan.figures import slice_montage
+
+        for name, vols in self.preview().items():
+            logger.image(f"samples/{name}", slice_montage(vols), self.step)
+            if self.is_occupancy:
+                from volgan.render import render_surface
+
+                level = 2 * self.cfg.data.threshold - 1  # threshold is given in [0, 1] occupancy units
+                logger.image(f"renders/{name}", np.concatenate([render_surface(v, level) for v in vols], 1), self.step)
+
+    def _write_figures(self) -> None:
+        from volgan.figures import save_loss_curves, save_sample_grid
         from volgan.runlog import read_stats
 
+        figures = self.run_dir / "figures"
+        samples = self.preview()
+        save_sample_grid(samples, figures / "samples.png", title=f"EMA generator, step {self.step}")
+        keys = (
+            ("loss_d", "loss_g", "d_acc", "d_real", "d_fake")
+            if self.is_occupancy
+            else ("loss_d", "loss_g", "gp", "w_dist")
+        )
+        save_loss_curves(read_stats(self.run_dir), figures / "losses.png", keys=keys)
+        if self.is_occupancy:
+            from volgan.render import save_render_grid
+
+            level = 2 * self.cfg.data.threshold - 1
+            save_render_grid(samples, figures / "renders.png", level=level, title=f"EMA generator, step {self.step}")
+
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps)."""
         cfg, every = self.cfg, self.cfg.log
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         (self.run_dir / "class_to_idx.json").write_text(json.dumps(self.data.class_to_idx, indent=2))
         log.info(
-            "device %s | %d volumes, %d classes | generator %.2fM, critic %.2fM parameters",
+            "%s on %s | %d volumes, %d classes | generator %.2fM, discriminator %.2fM parameters",
+            cfg.model.family,
             self.device,
             len(self.data.labels),
             self.num_classes,
             sum(p.numel() for p in self.generator.parameters()) / 1e6,
-            sum(p.numel() for p in self.critic.parameters()) / 1e6,
+            sum(p.numel() for p in self.discriminator.parameters()) / 1e6,
         )
         target = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
         logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar)
         old_handlers = self._install_signal_handlers()
         start, last_log, saved_at = time.perf_counter(), time.perf_counter(), self.step
-        log_start_step = self.step
+        log_start_step, epoch, epoch_values = self.step, self.stream.epoch, []
         try:
             while self.step < target and self._stop_signal is None:
                 values = self.train_step()
                 logger.advance()
+                epoch_values.append(values)
+                if self.stream.epoch != epoch:  # per-epoch means for TensorBoard
+                    logger.epoch_scalars(epoch, epoch_values)
+                    epoch, epoch_values = self.stream.epoch, []
                 if self.step % every.every == 0 or self.step == target:
                     now = time.perf_counter()
                     values["sec_per_step"] = (now - last_log) / max(1, self.step - log_start_step)
                     last_log, log_start_step = now, self.step
                     logger.scalars(self.step, values)
                 if self.step % every.image_every == 0:
-                    for name, vols in self.preview().items():
-                        logger.image(f"samples/{name}", slice_montage(vols), self.step)
+                    self._log_images(logger)
                 if self.step % every.checkpoint_every == 0:
                     self.save()
                     saved_at = self.step
@@ -340,9 +379,7 @@ class Trainer:
             logger.close()
         if self.step != saved_at or self.last_checkpoint is None:
             self.save()
-        figures = self.run_dir / "figures"
-        save_sample_grid(self.preview(), figures / "samples.png", title=f"EMA generator, step {self.step}")
-        save_loss_curves(read_stats(self.run_dir), figures / "losses.png")
+        self._write_figures()
         interrupted = self._stop_signal is not None
         log.info(
             "%s at step %d; checkpoint %s",

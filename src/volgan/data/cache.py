@@ -30,10 +30,19 @@ from volgan.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: batch voxel files (sources "file[i]"), per-class files, data.binary
 """Bump when preprocessing changes what a cache entry holds; old entries are then ignored."""
 
-_PREPROCESSING_KEYS = ("size", "resample", "spacing", "orientation", "interpolation", "intensity_percentiles")
+_PREPROCESSING_KEYS = (
+    "size",
+    "resample",
+    "spacing",
+    "orientation",
+    "interpolation",
+    "intensity_percentiles",
+    "binary",
+)
+# data.threshold is left out: it acts on generated volumes, never on the cached ones.
 _STALE_TEMP_S = 24 * 3600
 
 Fill = Callable[[Callable[[int], np.ndarray]], tuple[np.ndarray, dict[str, Any]]]

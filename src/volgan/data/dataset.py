@@ -2,13 +2,27 @@
 
 ``data.root`` is one of:
 
-* ``DIR/<class>/*.nii|*.nii.gz|*.npy``: the class is the sub-folder name (sorted; numerically
-  when every name is a number, so ``2`` comes before ``10``);
-* ``DIR/*.nii|*.nii.gz|*.npy``: one class, for an unconditional model;
+* ``DIR/<class>/FILES``: the class is the sub-folder name (sorted; numerically when every name
+  is a number, so ``2`` comes before ``10``). Each file is a volume (``.nii``, ``.nii.gz``,
+  ``.npy``) or voxel file (``.binvox``, ``.mat``, ``.npz``, see :mod:`volgan.data.voxels`); a
+  file whose array is 4-D holds a batch ``(N, D, H, W)``, each object one volume of the folder's
+  class (named ``file[i]`` in ``sources``);
+* ``DIR/FILES`` with no sub-folders, decided by what the files hold:
+
+  - every file a single volume (3-D): one class, named after the folder, for an unconditional
+    model;
+  - every file a batch (4-D, even ``N = 1``; only ``.npz``, ``.npy``, ``.mat`` can be): one file
+    per class, the class is the file name without its suffix (``chair.npz`` -> ``chair``),
+    ordered as sub-folders are;
+  - both kinds together is ambiguous and a DataError that names one file of each;
 * ``FILE.npz``: MedMNIST style, keys ``{split}_images`` / ``{split}_labels`` with
   ``split = data.npz_split``; the classes are the label values.
 
 Hidden files and folders (and the cache, if it lives inside the root) are ignored.
+
+With ``data.binary`` every volume must be an occupancy grid (two values ``{0, m}``); it is scaled
+exactly ``0 -> -1``, ``m -> +1`` (no percentile clipping) and, when the grid changes its size,
+resampled as occupancy and thresholded again at 0.5, so it stays binary.
 
 The preprocessed volumes are cached under ``data.cache_dir`` (default
 :func:`~volgan.data.cache.default_cache_dir`); :mod:`volgan.data.cache` says how an entry is
@@ -43,6 +57,7 @@ from volgan.data.cache import (
 from volgan.data.io import SUPPORTED_SUFFIXES, check_readable, read_npz, read_volume, volume_suffix
 from volgan.data.preprocess import grid_spacing, intensity_bounds_batch, scale_to_unit, to_grid_batch
 from volgan.data.volume_set import VolumeSet
+from volgan.data.voxels import VoxelInfo, as_occupancy, peek_voxels, read_voxels, voxel_suffix
 from volgan.errors import DataError
 
 # CACHE_VERSION, VolumeSet and default_cache_dir live in their own modules; they stay importable from here.
@@ -51,6 +66,7 @@ __all__ = ["CACHE_VERSION", "VolumeSet", "default_cache_dir", "load_volumes"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 32  # volumes scaled at once: vectorised, but the float64 scratch stays ~70 MB at 64³
+_KINDS = f"volume files ({', '.join(SUPPORTED_SUFFIXES)}) or voxel files (.npz, .binvox, .mat)"
 
 
 # ---------------------------------------------------------------------------- discovery
@@ -65,6 +81,24 @@ class _Source:
     files: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    flat: bool = False  # files directly in the root: one class, or one file per class (see _plan)
+
+
+@dataclass
+class _File:
+    """One input file of a folder root: its class, how many objects it holds, whether as a batch."""
+
+    path: Path
+    label: int
+    count: int
+    batched: bool
+
+    def sources(self) -> list[str]:
+        return [f"{self.path}[{i}]" for i in range(self.count)] if self.batched else [str(self.path)]
+
+
+def _suffix(path: Path) -> str | None:
+    return volume_suffix(path) or voxel_suffix(path)
 
 
 def _scan(folder: Path, skip: Path | None = None) -> tuple[list[Path], list[Path], list[str]]:
@@ -85,7 +119,7 @@ def _scan(folder: Path, skip: Path | None = None) -> tuple[list[Path], list[Path
         if entry.is_dir():
             if skip is None or path.resolve() != skip:
                 dirs.append(path)
-        elif volume_suffix(path) is not None:
+        elif _suffix(path) is not None:
             files.append(path)
         else:
             others.append(entry.name)
@@ -111,29 +145,58 @@ def _discover(root: Path, cache_base: Path) -> _Source:
         if resolved.name.lower().endswith(".npz"):
             return _Source(resolved, is_npz=True, files=[resolved])
         raise DataError(f"{root}: expected a folder of volumes or class sub-folders, or an .npz file as data root")
-    kinds = ", ".join(SUPPORTED_SUFFIXES)
-    dirs, files, others = _scan(resolved, skip=cache_base.resolve())
+    dirs, files, _ = _scan(resolved, skip=cache_base.resolve())
     if files and dirs:
         raise DataError(
             f"{root}: holds both volume files and sub-folders ({', '.join(d.name for d in dirs[:3])}); "
             "expected either class sub-folders or volume files directly, not both"
         )
     if files:
-        return _Source(resolved, False, files, [0] * len(files), [resolved.name or "volume"])
+        return _Source(resolved, False, files, [0] * len(files), [resolved.name or "volume"], flat=True)
     if not dirs:
-        hint = "; pass an .npz file itself as data.root" if any(o.lower().endswith(".npz") for o in others) else ""
-        raise DataError(f"{root}: no volume files ({kinds}) or class sub-folders found{hint}")
+        raise DataError(f"{root}: no {_KINDS}, and no class sub-folders")
     source = _Source(resolved, False, class_names=_class_order([d.name for d in dirs]))
     for label, name in enumerate(source.class_names):
         nested, class_files, class_others = _scan(resolved / name)
         if not class_files:
             class_others += [f"{d.name}/" for d in nested]  # volumes are not searched for in sub-folders
             found = f"; found only {', '.join(class_others[:5])}" if class_others else ""
-            what = "is empty" if not class_others else f"has no volume files ({kinds})"
+            what = "is empty" if not class_others else f"has no {_KINDS}"
             raise DataError(f"{resolved / name}: class folder '{name}' {what}{found}")
         source.files += class_files
         source.labels += [label] * len(class_files)
     return source
+
+
+def _plan(source: _Source) -> tuple[list[_File], list[str]]:
+    """Each file of a folder root with its object count and label, and the class names.
+
+    Only file headers are read. A flat root is one class unless its files hold batches, then
+    each file is a class (see the module docstring).
+    """
+    files = [
+        _File(path, label, *(peek_voxels(path) if voxel_suffix(path) else VoxelInfo(1, False)))
+        for path, label in zip(source.files, source.labels, strict=True)
+    ]
+    if not (source.flat and any(f.batched for f in files)):
+        return files, source.class_names
+    single = next((f for f in files if not f.batched), None)
+    if single is not None:
+        batch = next(f for f in files if f.batched)
+        raise DataError(
+            f"{source.root}: ambiguous folder: {batch.path.name} holds a batch (N, D, H, W), which makes each "
+            f"file one class, but {single.path.name} holds one volume; keep one batch file per class, or "
+            "only single volumes (one class), or move them into class sub-folders"
+        )
+    stems = [f.path.name[: -len(_suffix(f.path) or "")] for f in files]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise DataError(f"{source.root}: class '{twice[0]}' has more than one batch file; keep one file per class")
+    class_names = _class_order(stems)
+    for f, stem in zip(files, stems, strict=True):
+        f.label = class_names.index(stem)
+    logger.info("data: %s holds one batch file per class: %s", source.root, ", ".join(class_names))
+    return files, class_names
 
 
 # ---------------------------------------------------------------------------- preprocessing
@@ -145,48 +208,47 @@ def _preprocess(
     """Read, grid and scale every volume into ``allocate(n)``; return that array and the metadata."""
     from tqdm.auto import tqdm
 
-    percentiles = cfg.intensity_percentiles
     if source.is_npz:
         images, raw_labels = read_npz(source.root, cfg.npz_split)
         values, labels = np.unique(raw_labels, return_inverse=True)
         class_names = [str(v) for v in values]
-        n, eye = len(images), np.eye(4)
-        sources = [f"{source.root}[{i}]" for i in range(n)]
-        out = allocate(n)
-        bounds = np.empty((n, 2))
-        on_grid = images.shape[1:] == (cfg.size,) * 3
-        bar = tqdm(total=n, desc="preprocessing", unit="vol", disable=None if progress else True)
-        for start in range(0, n, _CHUNK):
-            chunk = images[start : start + _CHUNK]
-            lo, hi = intensity_bounds_batch(chunk, percentiles)
-            _reject_constant(lo, hi, sources[start:])
-            if on_grid:  # the common case: no geometry to change, so scale the whole chunk at once
-                out[start : start + len(chunk)] = scale_to_unit(chunk, lo[:, None, None, None], hi[:, None, None, None])
-            else:
-                out[start : start + len(chunk)] = scale_to_unit(
-                    _on_grid(chunk, eye, cfg, str(source.root)),
-                    lo[:, None, None, None],
-                    hi[:, None, None, None],
-                )
-            bounds[start : start + len(chunk)] = np.stack([lo, hi], axis=1)
-            bar.update(len(chunk))
-        bar.close()
-        spacings = [grid_spacing(images.shape[1:], eye, cfg)]
+        files = [_File(source.root, 0, len(images), batched=True)]
     else:
-        n, class_names = len(source.files), source.class_names
-        labels = np.asarray(source.labels, dtype=np.int64)
-        sources = [str(p) for p in source.files]
-        out = allocate(n)
-        bounds, spacings = np.empty((n, 2)), []
-        for i, path in enumerate(
-            tqdm(source.files, desc="preprocessing", unit="vol", disable=None if progress else True)
-        ):
-            volume, affine = read_volume(path)
-            lo, hi = intensity_bounds_batch(volume[None], percentiles)
-            _reject_constant(lo, hi, [str(path)])
-            out[i] = scale_to_unit(_on_grid(volume[None], affine, cfg, str(path))[0], lo[0], hi[0])
-            bounds[i] = lo[0], hi[0]
-            spacings.append(grid_spacing(volume.shape, affine, cfg))
+        files, class_names = _plan(source)
+        labels = np.repeat([f.label for f in files], [f.count for f in files])
+    n = sum(f.count for f in files)
+    out = allocate(n)
+    bounds, spacings, sources, empty = np.empty((n, 2)), [], [], []
+    bar = tqdm(total=n, desc="preprocessing", unit="vol", disable=None if progress else True)
+    at = 0
+    for f in files:
+        batch, affine = (images, np.eye(4)) if source.is_npz else _read(f)
+        names = f.sources()
+        if cfg.binary:
+            batch = as_occupancy(batch, str(f.path))
+        # an .npz already on the grid has no geometry to change: skip to_grid (as always for .npz)
+        keep = source.is_npz and batch.shape[1:] == (cfg.size,) * 3
+        for start in range(0, len(batch), _CHUNK):
+            chunk = batch[start : start + _CHUNK]
+            k, rows = len(chunk), slice(at + start, at + start + len(chunk))
+            if cfg.binary:  # fixed bounds: 0 -> -1, 1 -> +1; resampled occupancy is thresholded again
+                occupied = (chunk if keep else _on_grid(chunk, affine, cfg, str(f.path))) >= 0.5
+                out[rows] = np.where(occupied, np.float32(1.0), np.float32(-1.0))
+                lo, hi = np.zeros(k), np.ones(k)
+                empty += [names[start + i] for i in np.flatnonzero(~occupied.reshape(k, -1).any(axis=1))]
+            else:
+                lo, hi = intensity_bounds_batch(chunk, cfg.intensity_percentiles)
+                _reject_constant(lo, hi, names[start:])
+                grid = chunk if keep else _on_grid(chunk, affine, cfg, str(f.path))
+                out[rows] = scale_to_unit(grid, lo[:, None, None, None], hi[:, None, None, None])
+            bounds[rows] = np.stack([lo, hi], axis=1)
+            bar.update(k)
+        spacings += [grid_spacing(batch.shape[1:], affine, cfg)] * f.count
+        sources += names
+        at += f.count
+    bar.close()
+    if empty:
+        logger.warning("data: %d of %d occupancy grids are empty, e.g. %s", len(empty), n, empty[0])
     median_lo, median_hi = np.median(bounds, axis=0)
     if not median_hi > median_lo:  # only possible when the volumes' ranges do not overlap
         median_lo, median_hi = float(bounds[:, 0].min()), float(bounds[:, 1].max())
@@ -202,6 +264,18 @@ def _preprocess(
         "sources": sources,
         "bounds": bounds.tolist(),
     }
+
+
+def _read(f: _File) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(N, D, H, W)`` objects of one file and its affine (identity for voxel files)."""
+    if f.batched or voxel_suffix(f.path) not in (None, ".npy"):
+        batch, affine = read_voxels(f.path), np.eye(4)
+    else:
+        volume, affine = read_volume(f.path)
+        batch = volume[None]
+    if len(batch) != f.count:
+        raise DataError(f"{f.path}: holds {len(batch)} objects, its header said {f.count}; was it changed meanwhile?")
+    return batch, affine
 
 
 def _reject_constant(lo: np.ndarray, hi: np.ndarray, sources: list[str]) -> None:
@@ -231,8 +305,9 @@ def load_volumes(cfg: DataConfig, root: str | Path | None = None, *, progress: b
     """Load ``root`` (default ``cfg.root``) onto the training grid, from the cache when it is current.
 
     See the module docstring for the layouts. The first call reads, reorients, resamples and
-    scales every volume (per-volume percentile bounds, see ``cfg.intensity_percentiles``) and
-    stores the result; later calls with unchanged files and settings only map the cached array.
+    scales every volume (per-volume percentile bounds, see ``cfg.intensity_percentiles``; with
+    ``cfg.binary`` the fixed occupancy bounds (0, 1)) and stores the result; later calls with
+    unchanged files and settings only map the cached array.
     The recorded ``spacing`` is the grid's voxel size: ``cfg.spacing`` for ``resample: spacing``,
     otherwise the median over volumes of what :func:`~volgan.data.preprocess.grid_spacing` gives.
     """

@@ -1,5 +1,8 @@
 """Reading single volume files (NIfTI, ``.npy``) and MedMNIST-style ``.npz`` archives.
 
+Voxel occupancy files (``.binvox``, ``.mat``, ``.npz``/``.npy`` batches) are read by
+:mod:`volgan.data.voxels`.
+
 Every problem with a file becomes one :class:`~volgan.errors.DataError` line that names the file
 and says what was expected; the underlying exception is never shown as a traceback.
 """
@@ -23,7 +26,7 @@ SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".npy")
 
 # What a damaged file can raise while it is decoded: gzip/zip/zlib errors, truncated data
 # (EOFError, nibabel's "Expected N bytes" OSError, numpy's "Failed to read all data" ValueError).
-_DECODE_ERRORS = (
+DECODE_ERRORS = (
     OSError,
     EOFError,
     ValueError,
@@ -55,7 +58,8 @@ def check_readable(path: Path) -> os.stat_result:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _open_error(path: Path, e: Exception) -> DataError:
+def decode_error(path: Path, e: Exception) -> DataError:
+    """The one-line DataError for a file that failed to decode with ``e``."""
     if isinstance(e, PermissionError):
         return DataError(f"{path}: permission denied")
     detail = str(e).splitlines()[0] if str(e) else e.__class__.__name__
@@ -103,10 +107,10 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if suffix == ".npy":
         try:
             loaded = np.load(path, allow_pickle=False)
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             if isinstance(e, ValueError) and "pickle" in str(e).lower():
                 raise DataError(f"{path}: holds pickled Python objects, expected a numeric array") from None
-            raise _open_error(path, e) from None
+            raise decode_error(path, e) from None
         if not isinstance(loaded, np.ndarray):  # an .npz archive saved under a .npy name
             loaded.close()
             raise DataError(f"{path}: is an .npz archive, expected a single array (pass .npz files as data.root)")
@@ -118,8 +122,8 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(f"{path}: not a NIfTI image (got {type(image).__name__})")
             array = image.get_fdata(dtype=np.float32)  # applies the scale factor (scl_slope/inter)
             affine = image.affine
-        except (*_DECODE_ERRORS, TypeError) as e:  # TypeError: e.g. complex voxels
-            raise _open_error(path, e) from None
+        except (*DECODE_ERRORS, TypeError) as e:  # TypeError: e.g. complex voxels
+            raise decode_error(path, e) from None
         if affine is None:  # nibabel gives one even without sform/qform; this guards odd headers
             raise DataError(f"{path}: the image has no affine (voxel-to-world matrix)")
     _check_voxels(array, str(path))
@@ -148,10 +152,10 @@ def read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                     f"the archive has {', '.join(archive.files) or 'no arrays'}"
                 )
             images, labels = archive[img_key], archive[lbl_key]
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         if isinstance(e, ValueError) and "pickle" in str(e).lower():
             raise DataError(f"{path}: holds pickled Python objects, expected numeric arrays") from None
-        raise _open_error(path, e) from None
+        raise decode_error(path, e) from None
     if images.ndim == 5 and images.shape[1] == 1:
         images = images[:, 0]
     if images.ndim != 4 or min(images.shape) < 1:

@@ -60,6 +60,8 @@ class _UpStage(nn.Module):
 class Generator(nn.Module):
     """Latent vector + class -> volume in [-1, 1] (Tanh)."""
 
+    output_range = (-1.0, 1.0)
+
     def __init__(
         self,
         size: int = 64,

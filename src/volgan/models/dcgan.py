@@ -1,0 +1,109 @@
+"""3D-GAN (Wu et al. 2016) style DCGAN: generator and discriminator for occupancy grids and volumes.
+
+Generator: latent (default 200-d) -> ConvTranspose3d stages with BatchNorm3d + ReLU -> sigmoid,
+channels 512 -> 256 -> 128 -> 64 -> 1 at 64³ (one stage fewer/more at 32³/128³).
+Discriminator: Conv3d stages with BatchNorm3d + LeakyReLU(0.2) -> a dense layer -> sigmoid.
+The discriminator returns logits from :meth:`Discriminator.logits` (what the loss uses, for
+numerical safety) and probabilities from ``forward``. ``num_classes > 0`` adds class conditioning:
+a learned embedding concatenated to the latent, and a projection term on the discriminator.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from volgan.config import grid_stages
+from volgan.models.wgan_gp import stage_channels
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN initialisation (Radford et al. 2016): convs N(0, 0.02), norm scales N(1, 0.02), shifts 0."""
+    if isinstance(module, nn.Conv3d | nn.ConvTranspose3d | nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm3d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+
+
+class DCGANGenerator(nn.Module):
+    """Latent vector + class -> occupancy/intensity volume in [0, 1] (sigmoid)."""
+
+    output_range = (0.0, 1.0)
+
+    def __init__(
+        self,
+        size: int = 64,
+        latent_dim: int = 200,
+        num_classes: int = 0,
+        ngf: int = 64,
+        embed_dim: int = 64,
+        max_channels: int = 512,
+    ) -> None:
+        super().__init__()
+        self.size, self.latent_dim, self.num_classes = size, latent_dim, num_classes
+        base, n_stages = grid_stages(size)
+        chans = stage_channels(ngf, n_stages, max_channels)
+        cond_dim = embed_dim if num_classes else 0
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        layers: list[nn.Module] = [
+            nn.ConvTranspose3d(latent_dim + cond_dim, chans[0], base, bias=False),
+            nn.BatchNorm3d(chans[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for a, b in itertools.pairwise(chans):
+            layers += [nn.ConvTranspose3d(a, b, 4, 2, 1, bias=False), nn.BatchNorm3d(b), nn.ReLU(inplace=True)]
+        layers += [nn.ConvTranspose3d(chans[-1], 1, 4, 2, 1)]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, latent_dim); labels: (B,) int64 (ignored if unconditional) -> (B, 1, S, S, S) in [0, 1]."""
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional generator needs class labels")
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        return torch.sigmoid(self.net(z[:, :, None, None, None]))
+
+
+class DCGANDiscriminator(nn.Module):
+    """Volume + class -> probability that the volume is real (B,)."""
+
+    def __init__(
+        self,
+        size: int = 64,
+        num_classes: int = 0,
+        ndf: int = 64,
+        max_channels: int = 512,
+    ) -> None:
+        super().__init__()
+        self.size, self.num_classes = size, num_classes
+        base, n_stages = grid_stages(size)
+        chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
+        layers: list[nn.Module] = [nn.Conv3d(1, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for a, b in itertools.pairwise(chans):
+            layers += [nn.Conv3d(a, b, 4, 2, 1, bias=False), nn.BatchNorm3d(b), nn.LeakyReLU(0.2, inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.dense = nn.Linear(chans[-1] * base**3, 1)
+        self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
+        self.apply(init_dcgan_weights)
+
+    def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 1, S, S, S) in [0, 1]; labels: (B,) -> real/fake logits (B,)."""
+        h = self.features(x)
+        out = self.dense(h.flatten(1)).squeeze(1)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional discriminator needs class labels")
+            out = out + (self.embed(labels) * h.mean(dim=(2, 3, 4))).sum(dim=1)
+        return out
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 1, S, S, S); labels: (B,) -> probability of "real" (B,) (sigmoid of :meth:`logits`)."""
+        return torch.sigmoid(self.logits(x, labels))

@@ -1,0 +1,103 @@
+"""The 3D-GAN family: shapes, the BCE on logits, the accuracy gate, and training through the shared loop."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_data
+from volgan.losses import bce_discriminator_loss, bce_generator_loss, discriminator_accuracy, label_targets
+from volgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from volgan.training import Trainer
+
+
+def dcgan_config(run_dir: Path, **train: object):
+    return tiny_config(
+        run_dir,
+        model={"family": "dcgan", "latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4},
+        train={"steps": 4, "batch_size": 4, **train},
+    )
+
+
+@pytest.mark.parametrize(("size", "num_classes"), [(16, 0), (32, 2), (64, 0), (64, 3)])
+def test_shapes_and_ranges(size: int, num_classes: int) -> None:
+    g = DCGANGenerator(size, latent_dim=8, num_classes=num_classes, ngf=2, embed_dim=4)
+    d = DCGANDiscriminator(size, num_classes=num_classes, ndf=2)
+    labels = torch.tensor([0, 1]) if num_classes else None
+    x = g(torch.randn(2, 8), labels)
+    assert x.shape == (2, 1, size, size, size)
+    assert x.min() >= 0.0 and x.max() <= 1.0  # sigmoid output
+    p = d(x, labels)
+    assert p.shape == (2,) and p.min() >= 0.0 and p.max() <= 1.0
+    torch.testing.assert_close(p, torch.sigmoid(d.logits(x, labels)))
+
+
+def test_published_channel_plan_at_64() -> None:
+    g = DCGANGenerator(64, latent_dim=200)
+    convs = [m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert [c.out_channels for c in convs] == [512, 256, 128, 64, 1]
+    assert convs[0].in_channels == 200
+
+
+def test_bce_on_logits_equals_bce_on_probabilities() -> None:
+    torch.manual_seed(0)
+    real_logits, fake_logits = torch.randn(8) * 3, torch.randn(8) * 3
+    real_t, fake_t = torch.full((8,), 0.9), torch.rand(8) * 0.1
+    prob_space = torch.nn.functional.binary_cross_entropy(
+        torch.sigmoid(real_logits), real_t
+    ) + torch.nn.functional.binary_cross_entropy(torch.sigmoid(fake_logits), fake_t)
+    torch.testing.assert_close(
+        bce_discriminator_loss(real_logits, fake_logits, real_t, fake_t), prob_space, rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        bce_generator_loss(fake_logits),
+        torch.nn.functional.binary_cross_entropy(torch.sigmoid(fake_logits), torch.ones(8)),
+    )
+    # where probabilities saturate (sigmoid(-120) == 0 in float32) the logit form stays finite
+    assert torch.isfinite(bce_generator_loss(torch.tensor([-120.0])))
+
+
+def test_discriminator_accuracy_and_targets() -> None:
+    assert discriminator_accuracy(torch.tensor([1.0, -1.0]), torch.tensor([-2.0, -3.0])).item() == 0.75
+    assert torch.equal(label_targets(3, True), torch.ones(3)) and torch.equal(label_targets(3, False), torch.zeros(3))
+    assert torch.equal(label_targets(3, True, real_label=0.9), torch.full((3,), 0.9))
+    torch.manual_seed(0)
+    noisy = label_targets(1000, False, noise=0.1)
+    assert noisy.min() >= 0.0 and noisy.max() <= 0.1 and noisy.std() > 0
+    flipped = label_targets(1000, True, flip=0.3)
+    assert 0.2 < (flipped == 0).float().mean() < 0.4
+
+
+@pytest.mark.parametrize(("threshold", "updates"), [(1.0, True), (0.0, False)])
+def test_accuracy_gate_performs_or_skips_the_discriminator_update(
+    tmp_path: Path, threshold: float, updates: bool
+) -> None:
+    trainer = Trainer(dcgan_config(tmp_path / "run", d_acc_threshold=threshold), tiny_data())
+    before = [p.clone() for p in trainer.discriminator.parameters()]
+    g_before = [p.clone() for p in trainer.generator.parameters()]
+    values = trainer.train_step()
+    changed = any(not torch.equal(a, b) for a, b in zip(before, trainer.discriminator.parameters(), strict=True))
+    assert changed is updates and values["d_updated"] == float(updates)
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, trainer.generator.parameters(), strict=True))
+
+
+def test_gate_follows_the_measured_accuracy(tmp_path: Path) -> None:
+    """With the gate at the accuracy the step reports, the update happens iff accuracy <= threshold."""
+    trainer = Trainer(dcgan_config(tmp_path / "run", d_acc_threshold=0.5), tiny_data())
+    for _ in range(4):
+        values = trainer.train_step()
+        assert values["d_updated"] == float(values["d_acc"] <= 0.5)
+
+
+def test_dcgan_resume_is_exact(tmp_path: Path) -> None:
+    data = tiny_data()
+    straight = Trainer(dcgan_config(tmp_path / "a"), data)
+    straight.fit()
+    first = Trainer(dcgan_config(tmp_path / "b"), data)
+    first.fit(stop_after=2)
+    second = Trainer(dcgan_config(tmp_path / "b"), data, resume=tmp_path / "b")
+    second.fit()
+    for a, b in zip(straight.generator.state_dict().values(), second.generator.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.module.state_dict().values(), second.ema.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
