@@ -101,3 +101,15 @@ def test_dcgan_resume_is_exact(tmp_path: Path) -> None:
         assert torch.equal(a, b)
     for a, b in zip(straight.ema.module.state_dict().values(), second.ema.module.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_instance_noise_anneals_linearly_to_zero(tmp_path: Path) -> None:
+    trainer = Trainer(dcgan_config(tmp_path / "run", instance_noise=0.2, instance_noise_steps=4), tiny_data())
+    seen = []
+    for _ in range(6):
+        seen.append(trainer._instance_noise())
+        trainer.train_step()
+    torch.testing.assert_close(torch.tensor(seen), torch.tensor([0.2, 0.15, 0.1, 0.05, 0.0, 0.0]))
+    constant = Trainer(dcgan_config(tmp_path / "c", instance_noise=0.1), tiny_data())
+    constant.step = 10_000
+    assert constant._instance_noise() == 0.1

@@ -110,6 +110,8 @@ class TrainConfig(_Section):
     real_label: float = Field(1.0, gt=0.5, le=1)
     label_noise: float = Field(0.0, ge=0, le=0.5)
     label_flip: float = Field(0.0, ge=0, le=0.5)
+    instance_noise: float = Field(0.0, ge=0, le=1)
+    instance_noise_steps: int = Field(0, ge=0)
 
     @field_validator("betas")
     @classmethod

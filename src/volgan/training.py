@@ -242,7 +242,9 @@ class Trainer:
         real = (real + 1) / 2  # the data's [-1, 1] -> the sigmoid's [0, 1]
         b = real.shape[0]
         fake = g(torch.randn(b, g.latent_dim, device=self.device), labels)
-        real_logits, fake_logits = d.logits(real, labels), d.logits(fake.detach(), labels)
+        sigma = self._instance_noise()
+        real_logits = d.logits(_noisy(real, sigma), labels)
+        fake_logits = d.logits(_noisy(fake.detach(), sigma), labels)
         targets = {
             k: label_targets(b, k, real_label=t.real_label, noise=t.label_noise, flip=t.label_flip, device=self.device)
             for k in (True, False)
@@ -255,7 +257,7 @@ class Trainer:
             loss_d.backward()
             self.opt_d.step()
         d.requires_grad_(False)
-        loss_g = bce_generator_loss(d.logits(fake, labels))
+        loss_g = bce_generator_loss(d.logits(_noisy(fake, sigma), labels))
         d.requires_grad_(True)
         self._generator_update(loss_g)
         return {
@@ -266,6 +268,14 @@ class Trainer:
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
             "d_updated": float(update_d),
         }
+
+    def _instance_noise(self) -> float:
+        """Std of the noise on the discriminator's inputs at this step (Sønderby et al. 2016): real
+        occupancy grids are exactly binary, so without it D wins on "softness" alone."""
+        t = self.cfg.train
+        if not t.instance_noise_steps:
+            return t.instance_noise
+        return t.instance_noise * max(0.0, 1.0 - self.step / t.instance_noise_steps)
 
     def _generator_update(self, loss_g: torch.Tensor) -> None:
         self.opt_g.zero_grad(set_to_none=True)
@@ -388,6 +398,10 @@ class Trainer:
             self.last_checkpoint,
         )
         return TrainResult(self.run_dir, self.step, self.last_checkpoint, interrupted)
+
+
+def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return x + sigma * torch.randn_like(x) if sigma > 0 else x
 
 
 def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
