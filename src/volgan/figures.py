@@ -109,6 +109,54 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def save_image_grid(
+    cells: Mapping[str, Sequence[np.ndarray]],
+    path: Path,
+    *,
+    cell_size_in: tuple[float, float],
+    title: str = "",
+    caption: str = "",
+    grey: bool = True,
+) -> Path:
+    """PNG of images in rows: one row per key (the bold row label), one column per image ("sample i").
+
+    Images are (H, W) in [0, 1] shown in grey (``grey``) or (H, W, 3) RGB; short rows stay blank;
+    ``caption`` goes under the last row.
+    """
+    if not cells or not any(len(v) for v in cells.values()):
+        raise ValueError("nothing to draw: need at least one row with images")
+    n_rows, n_cols = len(cells), max(len(v) for v in cells.values())
+    cell_w, cell_h = cell_size_in
+    fig = Figure(
+        figsize=(0.5 + n_cols * cell_w, 0.6 + (0.35 if title else 0.0) + n_rows * (cell_h + 0.2)),
+        dpi=DPI,
+        layout="constrained",
+    )
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, (name, images) in enumerate(cells.items()):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.set_axis_off()
+            elif grey:
+                ax.imshow(images[c], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(images[c], interpolation="antialiased")
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+            if r == 0:
+                ax.set_title(f"sample {c}", fontsize=10)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=12, fontweight="bold")
+            if caption and r == n_rows - 1:
+                ax.set_xlabel(caption, fontsize=8, color="0.35")
+    if title:
+        fig.suptitle(title, fontsize=13)
+    return _save(fig, path)
+
+
 def save_sample_grid(
     volumes_by_class: Mapping[str, np.ndarray],
     path: Path,
@@ -124,39 +172,10 @@ def save_sample_grid(
     if not volumes_by_class:
         raise ValueError("volumes_by_class is empty: need at least one class with samples")
     rows = {name: _volumes(v, f"volumes of class {name!r}") for name, v in volumes_by_class.items()}
-    n_cols = max(len(v) for v in rows.values())
     cells = {name: [_slice_row(vol, value_range) for vol in v] for name, v in rows.items()}
     cell_h, cell_w = next(iter(cells.values()))[0].shape
-
-    cell_width_in = 2.7
-    cell_height_in = cell_width_in * cell_h / cell_w
-    fig = Figure(
-        figsize=(
-            0.5 + n_cols * cell_width_in,
-            0.6 + (0.35 if title else 0.0) + len(rows) * (cell_height_in + 0.15),
-        ),
-        dpi=DPI,
-        layout="constrained",
-    )
-    axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    for r, (name, row_cells) in enumerate(cells.items()):
-        for c in range(n_cols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(row_cells):
-                ax.imshow(row_cells[c], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.set_axis_off()
-            if r == 0:
-                ax.set_title(f"sample {c}", fontsize=10)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=12, fontweight="bold")
-            if r == len(rows) - 1:
-                ax.set_xlabel(" | ".join(VIEW_NAMES), fontsize=8, color="0.35")
-    if title:
-        fig.suptitle(title, fontsize=13)
-    return _save(fig, path)
+    size = (2.7, 2.7 * cell_h / cell_w)
+    return save_image_grid(cells, path, cell_size_in=size, title=title, caption=" | ".join(VIEW_NAMES))
 
 
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:

@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from skimage import measure
 
+from volgan.figures import save_image_grid
+
 DPI = 100
 MESH_SUFFIXES = (".obj", ".ply", ".stl")
 _BASE_COLOUR = np.array([0.56, 0.66, 0.82])  # light steel blue: reads well against white
@@ -243,37 +245,5 @@ def save_render_grid(
     if not volumes_by_class:
         raise ValueError("volumes_by_class is empty: need at least one class with samples")
     rows = {name: _volumes(v, f"volumes of class {name!r}") for name, v in volumes_by_class.items()}
-    n_cols = max(len(v) for v in rows.values())
-    cell_in = cell_px / DPI
-    fig = Figure(
-        figsize=(0.4 + n_cols * cell_in, 0.3 + (0.35 if title else 0.0) + len(rows) * (cell_in + 0.25)),
-        dpi=DPI,
-        layout="constrained",
-    )
-    axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    for r, (name, volumes) in enumerate(rows.items()):
-        for c in range(n_cols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c < len(volumes):
-                ax.imshow(render_surface(volumes[c], level, size_px=cell_px), interpolation="antialiased")
-            if r == 0:
-                ax.set_title(f"sample {c}", fontsize=10)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=12, fontweight="bold")
-    if title:
-        fig.suptitle(title, fontsize=13)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        fig.clear()
-    return path
+    cells = {name: [render_surface(v, level, size_px=cell_px) for v in vols] for name, vols in rows.items()}
+    return save_image_grid(cells, path, cell_size_in=(cell_px / DPI, cell_px / DPI), title=title, grey=False)

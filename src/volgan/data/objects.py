@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from volgan.data.procedural import make_labelled_set
+
 CLASS_NAMES = ("chair", "table", "lamp")
 UNRECOGNISED = -1
 """What :func:`predict_class` returns for a volume that does not look like any object."""
@@ -239,14 +241,7 @@ def make_object_set(n_per_class: int, size: int, seed: int = 0) -> tuple[np.ndar
     ``N = 3 * n_per_class``. Object ``k`` of class ``c`` depends only on ``(seed, c, k)``, so a
     larger set starts with the same objects as a smaller one.
     """
-    if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
-    labels = np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int64), n_per_class)
-    volumes = np.empty((labels.size, size, size, size), np.float32)
-    for i, label in enumerate(labels):
-        rng = np.random.default_rng([seed, int(label), i % n_per_class])
-        volumes[i] = make_object(int(label), size, rng)
-    return volumes, labels
+    return make_labelled_set(make_object, len(CLASS_NAMES), n_per_class, size, seed)
 
 
 def _as_volume(volume: Any) -> np.ndarray:

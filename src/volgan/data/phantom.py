@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from volgan.data.procedural import make_labelled_set
+
 CLASS_NAMES = ("healthy", "lesion", "atrophy")
 UNRECOGNISED = -1
 """What :func:`predict_class` returns for a volume that does not look like a head phantom."""
@@ -231,14 +233,7 @@ def make_phantom_set(n_per_class: int, size: int, seed: int = 0) -> tuple[np.nda
     ``N = 3 * n_per_class``. Phantom ``k`` of class ``c`` depends only on ``(seed, c, k)``, so a
     larger set starts with the same volumes as a smaller one.
     """
-    if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
-    labels = np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int64), n_per_class)
-    volumes = np.empty((labels.size, size, size, size), np.float32)
-    for i, label in enumerate(labels):
-        rng = np.random.default_rng([seed, int(label), i % n_per_class])
-        volumes[i] = make_phantom(int(label), size, rng)
-    return volumes, labels
+    return make_labelled_set(make_phantom, len(CLASS_NAMES), n_per_class, size, seed)
 
 
 def _gaussian_smooth(volume: np.ndarray, sigma: float) -> np.ndarray:
