@@ -52,7 +52,7 @@ def mid_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return axial, coronal, sagittal
 
 
-def _volumes(volumes: Any, what: str) -> np.ndarray:
+def as_volume_batch(volumes: Any, what: str) -> np.ndarray:
     """(n, D, H, W) or (n, 1, D, H, W) array-like -> (n, D, H, W) float32."""
     v = np.asarray(volumes, dtype=np.float32)
     if v.ndim == 5 and v.shape[1] == 1:
@@ -90,7 +90,7 @@ def slice_montage(volumes: np.ndarray, value_range: tuple[float, float] = (-1.0,
     One row per volume holding its axial, coronal and sagittal mid-slices; values outside
     ``value_range`` are clipped. Output shape: (n * max(H, W) + (n - 1) * 2, 2 * D + H + 4).
     """
-    v = _volumes(volumes, "volumes")
+    v = as_volume_batch(volumes, "volumes")
     rows: list[np.ndarray] = []
     for i, volume in enumerate(v):
         row = _slice_row(volume, value_range)
@@ -171,7 +171,7 @@ def save_sample_grid(
     """
     if not volumes_by_class:
         raise ValueError("volumes_by_class is empty: need at least one class with samples")
-    rows = {name: _volumes(v, f"volumes of class {name!r}") for name, v in volumes_by_class.items()}
+    rows = {name: as_volume_batch(v, f"volumes of class {name!r}") for name, v in volumes_by_class.items()}
     cells = {name: [_slice_row(vol, value_range) for vol in v] for name, v in rows.items()}
     cell_h, cell_w = next(iter(cells.values()))[0].shape
     size = (2.7, 2.7 * cell_h / cell_w)

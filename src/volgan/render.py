@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from skimage import measure
 
-from volgan.figures import save_image_grid
+from volgan.figures import as_volume_batch, save_image_grid
 
 DPI = 100
 MESH_SUFFIXES = (".obj", ".ply", ".stl")
@@ -220,16 +220,6 @@ def render_surface(
     return image
 
 
-def _volumes(volumes: Any, what: str) -> np.ndarray:
-    """(n, D, H, W) or (n, 1, D, H, W) array-like -> (n, D, H, W) float32."""
-    v = np.asarray(volumes, dtype=np.float32)
-    if v.ndim == 5 and v.shape[1] == 1:
-        v = v[:, 0]
-    if v.ndim != 4 or v.shape[0] == 0:
-        raise ValueError(f"{what} must be (n, D, H, W) or (n, 1, D, H, W) with n >= 1, got shape {v.shape}")
-    return v
-
-
 def save_render_grid(
     volumes_by_class: Mapping[str, np.ndarray],
     path: Path,
@@ -244,6 +234,6 @@ def save_render_grid(
     """
     if not volumes_by_class:
         raise ValueError("volumes_by_class is empty: need at least one class with samples")
-    rows = {name: _volumes(v, f"volumes of class {name!r}") for name, v in volumes_by_class.items()}
+    rows = {name: as_volume_batch(v, f"volumes of class {name!r}") for name, v in volumes_by_class.items()}
     cells = {name: [render_surface(v, level, size_px=cell_px) for v in vols] for name, vols in rows.items()}
     return save_image_grid(cells, path, cell_size_in=(cell_px / DPI, cell_px / DPI), title=title, grey=False)
