@@ -113,3 +113,22 @@ def test_instance_noise_anneals_linearly_to_zero(tmp_path: Path) -> None:
     constant = Trainer(dcgan_config(tmp_path / "c", instance_noise=0.1), tiny_data())
     constant.step = 10_000
     assert constant._instance_noise() == 0.1
+
+
+def test_tensorboard_gets_step_and_epoch_scalars_and_renders(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(
+        tmp_path / "run",
+        model={"family": "dcgan", "latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4},
+        train={"steps": 6, "batch_size": 4},  # 10 volumes: an epoch ends every 2-3 steps
+        log={"every": 1, "image_every": 3, "checkpoint_every": 100, "progress_bar": False},
+    )
+    Trainer(cfg, tiny_data()).fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"train/loss_d", "train/loss_g", "train/d_acc", "train/d_real", "train/d_fake"} <= scalars
+    assert {"epoch/loss_d", "epoch/d_acc"} <= scalars
+    assert {"samples/c0", "renders/c0", "renders/c1"} <= images
+    assert len(events.Scalars("train/d_acc")) == 6 and len(events.Scalars("epoch/d_acc")) >= 2
