@@ -64,5 +64,7 @@ def test_truncated_and_foreign_files(tmp_path: Path) -> None:
     torch.save({"weights": torch.ones(1)}, other)
     with pytest.raises(CheckpointError, match="not a volgan checkpoint"):
         ckpt.load_checkpoint(other)
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
     with pytest.raises(CheckpointError, match="no checkpoints"):
-        ckpt.resolve_checkpoint(tmp_path / "empty_run" if (tmp_path / "empty_run").mkdir() is None else tmp_path)
+        ckpt.resolve_checkpoint(empty_run)

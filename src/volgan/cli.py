@@ -120,14 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_train_config(args: argparse.Namespace) -> Any:
+def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """The run's config and, with --resume, the loaded checkpoint (read once, used twice)."""
     from volgan import checkpoint as ckpt
     from volgan.config import build_config, merge_dicts, parse_override, read_yaml
 
     overrides: list[str] = list(args.set)
+    state = None
     if args.resume is not None:
         path = ckpt.resolve_checkpoint(args.resume)
-        base = read_yaml(args.config) if args.config else ckpt.load_checkpoint(path)["config"]
+        state = ckpt.load_checkpoint(path)
+        base = read_yaml(args.config) if args.config else state["config"]
         run_dir = args.resume if args.resume.is_dir() else path.parent.parent
         overrides.append(f"run_dir={run_dir}")
         source = str(args.config or path)
@@ -146,7 +149,7 @@ def _resolve_train_config(args: argparse.Namespace) -> Any:
             overrides.append(f"{key}={value}")
     for text in overrides:
         base = merge_dicts(base, parse_override(text))
-    return build_config(base, source + (" (with command-line overrides)" if overrides else ""))
+    return build_config(base, source + (" (with command-line overrides)" if overrides else "")), state
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -156,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from volgan.errors import ConfigError
     from volgan.training import Trainer
 
-    cfg = _resolve_train_config(args)
+    cfg, resume_state = _resolve_train_config(args)
     if cfg.data.root is None:
         raise ConfigError(
             "no data: pass --data DIR (or set data.root in the config); try `volgan demo` for built-in data"
@@ -168,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(data.summary())
         return 0
     run_dir = Path(cfg.run_dir)
-    trainer = Trainer(cfg, data, resume=args.resume)
+    trainer = Trainer(cfg, data, resume=args.resume, resume_state=resume_state)
     _log_to_file(run_dir)
     result = trainer.fit()
     print(f"run folder: {result.run_dir}\ncheckpoint: {result.checkpoint}\nfigures:    {result.run_dir / 'figures'}")

@@ -41,6 +41,7 @@ from volgan.losses import (
     label_targets,
 )
 from volgan.models import Critic, DCGANDiscriminator, build_models
+from volgan.models.wgan_gp import count_parameters
 from volgan.runlog import RunLogger
 
 log = logging.getLogger("volgan")
@@ -89,7 +90,11 @@ class TrainResult:
 class Trainer:
     """Owns the models, optimisers, EMA, data stream and RNG for one run folder."""
 
-    def __init__(self, cfg: Config, data: VolumeSet, *, resume: Path | None = None) -> None:
+    def __init__(
+        self, cfg: Config, data: VolumeSet, *, resume: Path | None = None, resume_state: dict[str, Any] | None = None
+    ) -> None:
+        """``resume``: a run folder or checkpoint file to continue; ``resume_state``: that checkpoint,
+        if the caller has already loaded it (so it is not read twice)."""
         self.cfg, self.data = cfg, data
         self.run_dir = Path(cfg.run_dir)
         self.device = resolve_device(cfg.device)
@@ -108,7 +113,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
         if resume is not None:
-            self._restore(resume)
+            self._restore(resume, resume_state)
         elif ckpt.list_checkpoints(self.run_dir):
             raise VolganError(
                 f"{self.run_dir}: run folder already holds checkpoints; "
@@ -138,9 +143,10 @@ class Trainer:
             "data_state": self.stream.state(),
         }
 
-    def _restore(self, where: Path) -> None:
+    def _restore(self, where: Path, state: dict[str, Any] | None = None) -> None:
         path = ckpt.resolve_checkpoint(where)
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+        if state is None:
+            state = ckpt.load_checkpoint(path, map_location=self.device)
         check_compatible(state["config"], self.cfg, path)
         if state["class_names"] != list(self.data.class_names) or state["num_classes"] != self.num_classes:
             raise CheckpointError(
@@ -354,8 +360,8 @@ class Trainer:
             self.device,
             len(self.data.labels),
             self.num_classes,
-            sum(p.numel() for p in self.generator.parameters()) / 1e6,
-            sum(p.numel() for p in self.discriminator.parameters()) / 1e6,
+            count_parameters(self.generator) / 1e6,
+            count_parameters(self.discriminator) / 1e6,
         )
         target = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
         logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar)
