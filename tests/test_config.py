@@ -39,6 +39,7 @@ def test_overrides_are_typed() -> None:
         ("data:\n  size: 50\n", r"data\.size 50 cannot be built"),
         ("data:\n  size: 4\n", r"data\.size: .*greater than or equal to 8"),
         ("model:\n  num_classes: 1\n", r"needs >= 2 classes"),
+        ("model:\n  minibatch_std: true\n", r"model\.minibatch_std: only for family dcgan"),
         ("data:\n  orientation: RAX\n", r"data\.orientation: must be three axis codes"),
         ("data:\n  intensity_percentiles: [99, 1]\n", r"low < high"),
         ("data:\n  resample: spacing\n", r"needs data\.spacing"),

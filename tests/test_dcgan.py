@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
+from volgan.ema import EMA, recalibrate_batchnorm
 from volgan.losses import bce_discriminator_loss, bce_generator_loss, discriminator_accuracy, label_targets
-from volgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from volgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, minibatch_stddev
+from volgan.models.wgan_gp import Generator
 from volgan.training import Trainer
 
 
@@ -132,3 +134,58 @@ def test_tensorboard_gets_step_and_epoch_scalars_and_renders(tmp_path: Path) -> 
     assert {"epoch/loss_d", "epoch/d_acc"} <= scalars
     assert {"samples/c0", "renders/c0", "renders/c1"} <= images
     assert len(events.Scalars("train/d_acc")) == 6 and len(events.Scalars("epoch/d_acc")) >= 2
+
+
+def test_ema_batchnorm_statistics_are_recalibrated_for_the_averaged_weights() -> None:
+    torch.manual_seed(0)
+    g = DCGANGenerator(16, latent_dim=16, num_classes=2, ngf=8, embed_dim=8)
+    ema = EMA(g, decay=0.9)
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    ema.update(g)
+    norms = [m for m in ema.module.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    for m in norms:  # statistics that fit nothing
+        m.running_mean.fill_(100.0)
+    module = ema.ready(batches=1, batch_size=64, seed=3)
+    assert not module.training
+    # With one calibration batch, eval mode on that batch reproduces train mode on it.
+    rng = torch.Generator().manual_seed(3)
+    z, y = torch.randn(64, 16, generator=rng), torch.randint(2, (64,), generator=rng)
+    with torch.no_grad():
+        eval_out = module(z, y)
+        module.train()
+        train_out = module(z, y)
+        module.eval()
+    assert torch.allclose(eval_out, train_out, atol=2e-3)
+    before = [m.running_mean.clone() for m in norms]
+    assert ema.ready(batches=1, batch_size=64, seed=3) is module  # no new update: no recalibration
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, norms, strict=True))
+
+
+def test_recalibration_leaves_generators_without_batchnorm_alone() -> None:
+    g = Generator(16, latent_dim=16, num_classes=2, ngf=8, embed_dim=8)
+    state = {k: v.clone() for k, v in g.state_dict().items()}
+    recalibrate_batchnorm(g)
+    assert all(torch.equal(state[k], v) for k, v in g.state_dict().items())
+
+
+def test_minibatch_stddev_sees_a_collapsed_batch() -> None:
+    torch.manual_seed(0)
+    varied = torch.randn(8, 6, 2, 2, 2)
+    collapsed = varied[:1].expand(8, -1, -1, -1, -1).contiguous()
+    a, b = minibatch_stddev(varied), minibatch_stddev(collapsed)
+    assert a.shape == b.shape == (8, 1, 2, 2, 2)
+    assert b.max() < 1e-3 < 0.5 < a.min()
+    assert minibatch_stddev(torch.randn(6, 3, 2, 2, 2)).shape == (6, 1, 2, 2, 2)  # 6 % 4 != 0: one group
+
+
+def test_discriminator_with_minibatch_std_scores_a_volume_by_its_batch() -> None:
+    torch.manual_seed(0)
+    d = DCGANDiscriminator(16, num_classes=0, ndf=8, minibatch_std=True).eval()  # eval: BN not coupling
+    x = torch.rand(4, 1, 16, 16, 16)
+    with torch.no_grad():
+        alone_ish = d.logits(x[:1].expand(4, -1, -1, -1, -1))[0]
+        in_batch = d.logits(x)[0]
+    assert not torch.isclose(alone_ish, in_batch)
+    assert d.logits(x).shape == (4,)

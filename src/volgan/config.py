@@ -89,6 +89,7 @@ class ModelConfig(_Section):
     ndf: int = Field(32, ge=1)
     max_channels: int = Field(512, ge=1)
     ac_weight: float = Field(0.0, ge=0)
+    minibatch_std: bool = False
 
 
 class TrainConfig(_Section):
@@ -164,6 +165,11 @@ class Config(_Section):
         grid_stages(self.data.size)  # raises ValueError for a size the architecture can't make
         if self.model.num_classes == 1:
             raise ValueError("model.num_classes: a conditional model needs >= 2 classes (0 = unconditional)")
+        if self.model.minibatch_std and self.model.family != "dcgan":
+            raise ValueError(
+                "model.minibatch_std: only for family dcgan (it couples the volumes of a batch; the "
+                "WGAN-GP's per-sample gradient penalty needs them independent)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def _objects() -> DemoSet:
         {
             "data": {"binary": True},
             "model": {"family": "dcgan", "latent_dim": 64, "embed_dim": 16, "ngf": 16, "ndf": 16},
-            "train": {"batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-4, "ema_decay": 0.99},
+            "train": {"batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3, "ema_decay": 0.99},
         },
     )
 

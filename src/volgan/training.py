@@ -135,7 +135,7 @@ class Trainer:
             "affine": np.asarray(self.data.affine, dtype=np.float64).tolist(),
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
-            "ema": self.ema.module.state_dict(),
+            "ema": self.ema.ready(seed=self.cfg.seed).state_dict(),
             "ema_updates": self.ema.updates,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -161,6 +161,7 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[0][:200]})") from None
         self.ema.updates = int(state["ema_updates"])
+        self.ema.mark_calibrated()
         self.step = int(state["step"])
         self.stream = BatchStream(
             len(self.data.labels), self.cfg.train.batch_size, self.cfg.seed, **state["data_state"]
@@ -308,9 +309,10 @@ class Trainer:
 
         names = self.data.class_names if self.num_classes else ["samples"]
         out = {}
+        generator = self.ema.ready(seed=self.cfg.seed)
         for k, name in enumerate(names):
             labels = torch.full((2,), k, dtype=torch.long)
-            out[name] = generate(self.ema.module, labels, seed=self.cfg.seed, device=self.device).numpy()
+            out[name] = generate(generator, labels, seed=self.cfg.seed, device=self.device).numpy()
         return out
 
     @property

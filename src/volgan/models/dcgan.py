@@ -32,6 +32,18 @@ def init_dcgan_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
 
 
+def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """One extra feature map (Karras et al. 2018): the standard deviation of each feature across a
+    group of ``group`` volumes of the batch, averaged to one number per group and broadcast over the
+    grid. A generator whose volumes all look alike then gets a low value the discriminator can use,
+    which counters mode collapse. ``h``: (B, C, D, H, W) -> (B, 1, D, H, W)."""
+    b = h.shape[0]
+    g = group if b % group == 0 else b
+    std = h.float().view(g, b // g, *h.shape[1:]).var(dim=0, unbiased=False).add(1e-8).sqrt()
+    per_group = std.mean(dim=(1, 2, 3, 4))  # (B // g,)
+    return per_group.repeat(g).view(b, 1, 1, 1, 1).expand(b, 1, *h.shape[2:]).to(h.dtype)
+
+
 class DCGANGenerator(nn.Module):
     """Latent vector + class -> occupancy/intensity volume in [0, 1] (sigmoid)."""
 
@@ -81,23 +93,25 @@ class DCGANDiscriminator(nn.Module):
         num_classes: int = 0,
         ndf: int = 64,
         max_channels: int = 512,
+        minibatch_std: bool = False,
     ) -> None:
         super().__init__()
-        self.size, self.num_classes = size, num_classes
+        self.size, self.num_classes, self.minibatch_std = size, num_classes, minibatch_std
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
         layers: list[nn.Module] = [nn.Conv3d(1, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         for a, b in itertools.pairwise(chans):
             layers += [nn.Conv3d(a, b, 4, 2, 1, bias=False), nn.BatchNorm3d(b), nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)
-        self.dense = nn.Linear(chans[-1] * base**3, 1)
+        self.dense = nn.Linear((chans[-1] + int(minibatch_std)) * base**3, 1)
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
         self.apply(init_dcgan_weights)
 
     def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, 1, S, S, S) in [0, 1]; labels: (B,) -> real/fake logits (B,)."""
         h = self.features(x)
-        out = self.dense(h.flatten(1)).squeeze(1)
+        flat = torch.cat([h, minibatch_stddev(h)], dim=1) if self.minibatch_std else h
+        out = self.dense(flat.flatten(1)).squeeze(1)
         if self.embed is not None:
             if labels is None:
                 raise ValueError("a conditional discriminator needs class labels")
