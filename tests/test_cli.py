@@ -56,7 +56,7 @@ def test_train_resume_sample(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     assert (run / "checkpoints" / "step_00000003.pt").exists()
     out = tmp_path / "samples"
     assert main(["sample", "--checkpoint", str(run), "--class", "2", "--n", "3", "--seed", "4", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == [
+    assert sorted(p.name for p in (out / "2").glob("*.nii.gz")) == [
         "2_seed4_00000.nii.gz",
         "2_seed4_00001.nii.gz",
         "2_seed4_00002.nii.gz",
@@ -194,10 +194,10 @@ def test_dcgan_family_through_the_cli_with_meshes(tmp_path: Path, data_dir: Path
     args = ["sample", "--checkpoint", str(run), "--class", "1", "--n", "1"]
     assert main([*args, "--out", str(tmp_path / "probe"), "--format", "npy"]) == 0
     # two steps in, the generator's occupancy hovers near 0.5: put the surface at this sample's median
-    lo, hi = json.loads((tmp_path / "probe" / "1_seed0_00000.json").read_text())["intensity_range"]
-    level = float(np.median((np.load(tmp_path / "probe" / "1_seed0_00000.npy") - lo) / (hi - lo)))
+    lo, hi = json.loads((tmp_path / "probe" / "1" / "1_seed0_00000.json").read_text())["intensity_range"]
+    level = float(np.median((np.load(tmp_path / "probe" / "1" / "1_seed0_00000.npy") - lo) / (hi - lo)))
     assert main([*args, "--out", str(out), "--mesh", "obj", "--mesh", "stl", "--threshold", str(level)]) == 0
     stem = "1_seed0_00000"
-    assert {p.name for p in out.iterdir()} == {f"{stem}.nii.gz", f"{stem}.json", f"{stem}.obj", f"{stem}.stl"}
-    meta = json.loads((out / f"{stem}.json").read_text())
+    assert {p.name for p in (out / "1").iterdir()} == {f"{stem}.nii.gz", f"{stem}.json", f"{stem}.obj", f"{stem}.stl"}
+    meta = json.loads((out / "1" / f"{stem}.json").read_text())
     assert meta["meshes"] == [f"{stem}.obj", f"{stem}.stl"] and meta["mesh_level"] == level

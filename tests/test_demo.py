@@ -14,7 +14,7 @@ def test_demo_writes_everything_it_promises(tmp_path: Path, capsys: pytest.Captu
     assert "class consistency:" in out and "real data: 100%" in out
     assert (run / "checkpoints" / "step_00000003.pt").exists()
     assert any((run / "tensorboard").iterdir())
-    samples = sorted((run / "samples").glob("*.nii.gz"))
+    samples = sorted((run / "samples").glob("*/*.nii.gz"))  # one folder per class
     assert [p.name.split("_")[0] for p in samples] == ["atrophy"] * 2 + ["healthy"] * 2 + ["lesion"] * 2
     assert nib.load(samples[0]).shape == (16, 16, 16)
     for png in ("samples.png", "losses.png"):

@@ -40,6 +40,7 @@ def test_written_files_carry_affine_range_and_sidecar(tmp_path: Path, run: Path)
     loaded = load_generator(run, ema=False)
     vols = generate(loaded.generator, torch.tensor([1, 1]), seed=5).numpy()
     paths = write_samples(loaded, vols, [1, 1], [0, 1], 5, tmp_path, "nii.gz")
+    assert [p.parent for p in paths] == [tmp_path / "c1"] * 2  # one folder per class, as training data
     img = nib.load(paths[0])
     assert img.shape == (16, 16, 16)
     np.testing.assert_allclose(np.diag(img.affine)[:3], [2.0, 2.0, 2.0])  # the training grid's spacing

@@ -1,4 +1,4 @@
-"""Command-line interface: ``volgan train | sample | demo``.
+"""Command-line interface: ``volgan train | sample | demo | train-classifier | evaluate``.
 
 Heavy imports (torch, MONAI) happen inside the commands so ``--help`` is instant. Problems the
 user can fix end as one ``volgan: error: ...`` line and exit code 2.
@@ -107,6 +107,57 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_train_classifier(sub: Any) -> None:
+    p = sub.add_parser(
+        "train-classifier",
+        help="train the 3D CNN classifier that judges synthetic volumes (features, accuracy, TSTR)",
+        description="Train a small 3D CNN on real, labelled volumes. It is the feature extractor and the judge of "
+        "`volgan evaluate`; its held-out accuracy is reported and saved with it.",
+    )
+    p.add_argument("--data", required=True, help="real training data: class folders or a labelled .npz")
+    p.add_argument("--out", type=Path, required=True, help="output folder (classifier.pt + classifier.json)")
+    p.add_argument("--config", type=Path, help="YAML config whose data section sets the preprocessing")
+    p.add_argument("--size", type=int, help="grid size (overrides data.size; must match the generator's)")
+    p.add_argument("--split", help="split of an .npz file (default: data.npz_split, i.e. train)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a data.* key")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out share for the reported accuracy")
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure a generator or a folder of synthetic volumes against real test data",
+        description="Fréchet distance, precision/recall/density/coverage, MMD, MS-SSIM diversity, intensity "
+        "distances, conditional accuracy and TSTR/TRTR, each next to its real-vs-real reference. Writes "
+        "metrics.json, report.md and PNG figures.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint file or run folder: generate --n-per-class volumes per class")
+    p.add_argument("--samples", help="or: a folder of synthetic volumes, one sub-folder per class (any tool)")
+    p.add_argument("--real", required=True, help="real test data (class folders or .npz)")
+    p.add_argument("--real-split", help="split of a real .npz file, e.g. val or test")
+    p.add_argument("--classifier", type=Path, required=True, help="folder written by volgan train-classifier")
+    p.add_argument("--features", type=Path, help="local TorchScript feature network to use instead of the classifier")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--n-per-class", type=int, default=64, help="volumes generated per class (default 64)")
+    p.add_argument(
+        "--real-train", help="real training data for TRTR/augmentation (default: the classifier's training data)"
+    )
+    p.add_argument("--real-train-split", help="split of a --real-train .npz file")
+    p.add_argument("--tstr", action=argparse.BooleanOptionalAction, default=True, help="train TSTR/TRTR classifiers")
+    p.add_argument("--tstr-epochs", type=int, help="epochs for TSTR/TRTR (default: the classifier's)")
+    p.add_argument("--tstr-max-minutes", type=float, help="time budget per TSTR/TRTR classifier")
+    p.add_argument("--k", type=int, default=5, help="neighbours for precision/recall/density/coverage")
+    p.add_argument("--draws", type=int, default=10, help="synthetic subsamples matched to the reference size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="volgan", description="Train, sample and evaluate 3D GANs on volumetric data."
@@ -117,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
+    _add_train_classifier(sub)
+    _add_evaluate(sub)
     return parser
 
 
@@ -229,7 +282,25 @@ def _log_to_file(run_dir: Path) -> None:
     logging.getLogger("volgan").addHandler(handler)
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from volgan.evaluation.commands import cmd_train_classifier as run
+
+    return run(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from volgan.evaluation.commands import cmd_evaluate as run
+
+    return run(args)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "demo": cmd_demo,
+    "train-classifier": cmd_train_classifier,
+    "evaluate": cmd_evaluate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

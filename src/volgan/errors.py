@@ -17,3 +17,7 @@ class DataError(VolganError):
 
 class CheckpointError(VolganError):
     """A checkpoint is missing, damaged, untrusted or does not fit the requested model."""
+
+
+class MetricError(VolganError):
+    """Inputs to an evaluation metric are unusable; the message says what is wrong and what is expected."""

@@ -146,7 +146,9 @@ def write_samples(
     fmt: str = "nii.gz",
     meshes: Sequence[str] = (),
 ) -> list[Path]:
-    """Map volumes (N, S, S, S) in [-1, 1] back to data intensities and write one file + JSON sidecar each.
+    """Map volumes (N, S, S, S) in [-1, 1] back to data intensities and write one file + JSON sidecar each,
+    into one sub-folder per class (``out_dir/<class>/``): the layout ``volgan train`` and
+    ``volgan evaluate --samples`` read, so a sample set can be evaluated or trained on as it is.
 
     ``meshes`` (any of "obj", "stl", "ply") adds marching-cubes surfaces at the model's threshold,
     in world millimetres of the training grid.
@@ -158,7 +160,9 @@ def write_samples(
     for vol, label, i in zip(volumes, labels, indices, strict=True):
         name = loaded.class_names[label] if loaded.num_classes else "all"
         stem = f"{_safe(name)}_seed{seed}_{i:05d}"
-        path = out_dir / f"{stem}.{fmt}"
+        class_dir = out_dir / _safe(name)
+        class_dir.mkdir(exist_ok=True)
+        path = class_dir / f"{stem}.{fmt}"
         write_volume(unscale(vol, *loaded.intensity_range), path, loaded.affine)
         meta: dict[str, Any] = {
             "class_name": name,
@@ -176,8 +180,8 @@ def write_samples(
             meta["meshes"] = [f"{stem}.{m}" for m in meshes]
             meta["mesh_level"] = loaded.threshold
         for mesh_format in meshes:
-            _write_mesh(vol, out_dir / f"{stem}.{mesh_format}", 2 * loaded.threshold - 1, loaded.affine)
-        (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+            _write_mesh(vol, class_dir / f"{stem}.{mesh_format}", 2 * loaded.threshold - 1, loaded.affine)
+        (class_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2))
         written.append(path)
     return written
 

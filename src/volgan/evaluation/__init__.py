@@ -1,0 +1,1 @@
+"""Evaluation of trained generators: metrics, a feature/judge classifier, and their reports."""
