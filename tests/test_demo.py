@@ -34,3 +34,17 @@ def test_dcgan_demo_writes_renders_and_meshes(tmp_path: Path, capsys: pytest.Cap
     assert len(meshes) + out.count("no surface at the threshold") == 3
     for mesh in meshes:
         assert len(trimesh.load(mesh).vertices) > 0
+
+
+@pytest.mark.parametrize(("family", "classes"), [("wgan_gp", {"healthy", "lesion", "atrophy"}), ("dcgan", None)])
+def test_demo_data_writes_class_folders_that_load_back(tmp_path: Path, family: str, classes: set | None) -> None:
+    from volgan.config import DataConfig
+    from volgan.data.dataset import load_volumes
+
+    out = tmp_path / "data"
+    assert main(["demo-data", "--family", family, "--out", str(out), "--n-per-class", "2", "--size", "16"]) == 0
+    folders = {p.name for p in out.iterdir()}
+    assert classes is None or folders == classes
+    assert all(len(list((out / f).glob("*.nii.gz"))) == 2 for f in folders)
+    data = load_volumes(DataConfig(size=16, cache_dir=str(tmp_path / "cache")), out)
+    assert len(data.labels) == 2 * len(folders) and sorted(data.class_names) == sorted(folders)

@@ -129,3 +129,16 @@ def test_align_classes_maps_by_name() -> None:
     assert align_classes(real, fake).labels.tolist() == [1, 1, 0]
     with pytest.raises(VolganError, match="no synthetic volumes"):
         align_classes(real, Labelled(np.zeros((0, 8, 8, 8), np.float32), np.zeros(0, int), ["a"], "fake"))
+
+
+def test_generated_volumes_get_the_intensity_step_of_loaded_files() -> None:
+    from volgan.config import DataConfig
+    from volgan.evaluation.commands import as_loaded
+
+    vols, _ = make_phantom_set(1, SIZE, seed=0)
+    cfg = DataConfig(size=SIZE)
+    scaled = as_loaded(vols * 0.5 - 0.2, cfg)  # percentile scaling ignores a linear change of units
+    np.testing.assert_allclose(scaled, as_loaded(vols, cfg), atol=1e-5)
+    assert scaled.min() == -1.0 and scaled.max() == 1.0
+    occupancy = as_loaded(np.array([[[[-0.9, -0.1], [0.1, 0.9]]]], np.float32), DataConfig(size=8, binary=True))
+    assert occupancy.tolist() == [[[[-1.0, -1.0], [1.0, 1.0]]]]

@@ -107,6 +107,19 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_demo_data(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo-data",
+        help="write a built-in dataset to disk as class folders (e.g. real test data for evaluate)",
+    )
+    p.add_argument("--family", choices=["wgan_gp", "dcgan"], default="wgan_gp", help="phantoms or voxel objects")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per class)")
+    p.add_argument("--n-per-class", type=int, default=32)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=1, help="default 1: unseen by a demo run (seed 0)")
+    p.add_argument("--format", choices=["nii.gz", "nii", "npy"], default="nii.gz")
+
+
 def _add_train_classifier(sub: Any) -> None:
     p = sub.add_parser(
         "train-classifier",
@@ -168,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
+    _add_demo_data(sub)
     _add_train_classifier(sub)
     _add_evaluate(sub)
     return parser
@@ -282,6 +296,16 @@ def _log_to_file(run_dir: Path) -> None:
     logging.getLogger("volgan").addHandler(handler)
 
 
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from volgan.demo import write_demo_data
+
+    if args.n_per_class < 1 or args.size < 8:
+        raise VolganError(f"--n-per-class must be >= 1 and --size >= 8, got {args.n_per_class} and {args.size}")
+    n = write_demo_data(args.out, args.family, args.n_per_class, args.size, args.seed, args.format)
+    print(f"wrote {n} volumes ({args.format}) to {args.out}")
+    return 0
+
+
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from volgan.evaluation.commands import cmd_train_classifier as run
 
@@ -298,6 +322,7 @@ COMMANDS = {
     "train": cmd_train,
     "sample": cmd_sample,
     "demo": cmd_demo,
+    "demo-data": cmd_demo_data,
     "train-classifier": cmd_train_classifier,
     "evaluate": cmd_evaluate,
 }

@@ -82,6 +82,29 @@ def _objects() -> DemoSet:
 DEMO_SETS: dict[str, Callable[[], DemoSet]] = {"wgan_gp": _phantom, "dcgan": _objects}
 
 
+def write_demo_data(
+    out_dir: Path, family: str = "wgan_gp", n_per_class: int = 32, size: int = 32, seed: int = 1, fmt: str = "nii.gz"
+) -> int:
+    """Write a built-in dataset as class folders (``out_dir/<class>/<class>_NNNN.<fmt>``), e.g. as
+    real test data for ``volgan evaluate``; pick a seed other than the training run's for unseen
+    volumes. Intensities are the dataset's own range. Returns the number of files written."""
+    from volgan.data.preprocess import grid_affine, unscale
+    from volgan.sampling import write_volume
+
+    demo = DEMO_SETS[family]()
+    volumes, labels = demo.make(n_per_class, size, seed)
+    affine = grid_affine(size, 256.0 / size)
+    counts = dict.fromkeys(range(len(demo.class_names)), 0)
+    for volume, label in zip(volumes, labels, strict=True):
+        name = demo.class_names[label]
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        write_volume(
+            unscale(volume, *demo.intensity_range), out_dir / name / f"{name}_{counts[label]:04d}.{fmt}", affine
+        )
+        counts[label] += 1
+    return len(labels)
+
+
 def demo_config(demo: DemoSet, run_dir: Path, size: int, minutes: float, steps: int, device: str, seed: int) -> dict:
     cfg: dict[str, dict[str, Any] | Any] = {
         "seed": seed,

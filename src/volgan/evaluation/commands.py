@@ -40,7 +40,7 @@ def load_labelled(cfg: DataConfig, root: str | Path, split: str | None = None, w
         cfg = cfg.model_copy(update={"npz_split": split})
     data = load_volumes(cfg, root, progress=True)
     source = f"{root}" + (f" [{cfg.npz_split}]" if str(root).lower().endswith(".npz") else "")
-    log.info("evaluate: %s set %s: %d volumes, classes %s", what, source, len(data.labels), data.class_names)
+    log.info("%s set %s: %d volumes, classes %s", what, source, len(data.labels), data.class_names)
     return Labelled(np.asarray(data.volumes), np.asarray(data.labels), list(data.class_names), source)
 
 
@@ -102,22 +102,36 @@ def _device(name: str) -> Any:
     return resolve_device(name)
 
 
-def _synthetic_from_checkpoint(args: argparse.Namespace, size: int, device: Any) -> Labelled:
+def as_loaded(volumes: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """What loading these volumes from files would give: generated (N, S, S, S) in [-1, 1] get the
+    same intensity step as real data (per-volume percentile scaling, or {-1, 1} occupancy for
+    binary data), so a generator is judged exactly as its written samples would be."""
+    from volgan.data.preprocess import intensity_bounds_batch, scale_to_unit
+
+    if cfg.binary:
+        return np.where(volumes >= 2 * cfg.threshold - 1, np.float32(1.0), np.float32(-1.0))
+    lo, hi = intensity_bounds_batch(volumes, cfg.intensity_percentiles)
+    flat = hi <= lo  # a constant volume: nothing to stretch, keep it as it is
+    hi[flat] = lo[flat] + 1.0
+    return scale_to_unit(volumes, lo[:, None, None, None], hi[:, None, None, None])
+
+
+def _synthetic_from_checkpoint(args: argparse.Namespace, cfg: DataConfig, device: Any) -> Labelled:
     import torch
 
     from volgan.sampling import generate, load_generator
 
     loaded = load_generator(args.checkpoint, ema=True, device=device)
-    if loaded.size != size:
+    if loaded.size != cfg.size:
         raise VolganError(
-            f"{loaded.checkpoint}: the generator makes {loaded.size}³ volumes, the classifier takes {size}³"
+            f"{loaded.checkpoint}: the generator makes {loaded.size}³ volumes, the classifier takes {cfg.size}³"
         )
     if loaded.num_classes < 2:
         raise VolganError(f"{loaded.checkpoint}: an unconditional generator cannot be evaluated per class")
     vols, labels = [], []
     for k in range(loaded.num_classes):
         y = torch.full((args.n_per_class,), k, dtype=torch.long)
-        vols.append(generate(loaded.generator, y, args.seed, 0, 8, device).numpy())
+        vols.append(as_loaded(generate(loaded.generator, y, args.seed, 0, 8, device).numpy(), cfg))
         labels.append(np.full(args.n_per_class, k))
     source = f"{loaded.checkpoint} (EMA, step {loaded.step}, {args.n_per_class} per class, seed {args.seed})"
     return Labelled(np.concatenate(vols), np.concatenate(labels), list(loaded.class_names), source)
@@ -138,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     real = load_labelled(cfg, args.real, args.real_split, what="real test")
     check_judge(judge, meta, real, str(args.classifier))
     if args.checkpoint is not None:
-        synthetic = _synthetic_from_checkpoint(args, cfg.size, device)
+        synthetic = _synthetic_from_checkpoint(args, cfg, device)
     else:
         synthetic = load_labelled(cfg, args.samples, what="synthetic")
     real_train = None

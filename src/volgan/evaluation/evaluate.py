@@ -43,7 +43,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "recall": ("share of real inside the synthetic feature manifold (coverage of modes)", "higher"),
     "density": ("expected real neighbourhoods a synthetic sample falls in (~1 for a match)", "closer to 1"),
     "coverage": ("share of real samples with a synthetic sample in their neighbourhood", "higher"),
-    "mmd_gaussian": ("MMD² of features, Gaussian kernel, median-heuristic bandwidth", "lower"),
+    "mmd_gaussian": ("MMD² of features, Gaussian kernel, bandwidth = median same-class real distance", "lower"),
     "mmd_linear_voxel": ("MMD² of raw voxels, linear kernel (MONAI MMDMetric)", "closer to 0"),
     "w1_intensity": ("Wasserstein-1 distance between voxel-intensity histograms", "lower"),
 }
@@ -161,6 +161,19 @@ def _matched_draw(rng: np.random.Generator, synthetic: np.ndarray, b_labels: np.
     return np.concatenate(picks)
 
 
+def _within_class_bandwidth(feats: np.ndarray, labels: np.ndarray) -> float:
+    """Median distance between real feature vectors of the same class: the Gaussian MMD's
+    bandwidth, fixed once per group so the synthetic and reference rows use one kernel. (Over
+    all pairs, between-class distances would set it and blind the overall MMD to within-class
+    differences.)"""
+    from scipy.spatial.distance import cdist
+
+    d = cdist(feats, feats)
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    sigma = float(np.median(d[same])) if same.any() else float(np.median(d[~np.eye(len(labels), dtype=bool)]))
+    return sigma if sigma > 0 else 1.0
+
+
 def distribution_metrics(
     real: Labelled, synthetic: Labelled, real_f: np.ndarray, fake_f: np.ndarray, s: EvalSettings
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -177,7 +190,7 @@ def distribution_metrics(
         if min(len(a), len(b), n_fake) < 2:
             log.warning("evaluate: %s has too few volumes for distribution metrics; skipped", group)
             continue
-        sigma = M.mmd_gaussian(real_f[a], real_f[b])[1]  # one bandwidth for both rows
+        sigma = _within_class_bandwidth(real_f[np.concatenate([a, b])], real.labels[np.concatenate([a, b])])
         reference = _compare(real_f[a], real_f[b], real.volumes[a], real.volumes[b], s.k, sigma, s.seed)
         draws, n_match = [], 0
         for _ in range(s.n_draws):
@@ -213,13 +226,16 @@ def diversity(real: Labelled, synthetic: Labelled, s: EvalSettings) -> dict[str,
 def conditional_accuracy(
     judge: VolumeClassifier, real: Labelled, synthetic: Labelled, s: EvalSettings
 ) -> dict[str, dict[str, float | None]]:
-    """The judge's accuracy on synthetic volumes of each requested class and on the real test volumes."""
+    """The judge's accuracy on synthetic volumes of each requested class and on the real test volumes;
+    "overall" is the balanced accuracy (mean over the classes the synthetic set has)."""
     fake = per_class_accuracy(judge, synthetic.volumes, synthetic.labels, device=s.device)
     true = per_class_accuracy(judge, real.volumes, real.labels, device=s.device)
     out = {name: {"synthetic": fake.get(k), "real": true.get(k)} for k, name in enumerate(real.class_names)}
-    hits_fake = sum(fake[k] * int((synthetic.labels == k).sum()) for k in fake)
-    hits_real = sum(true[k] * int((real.labels == k).sum()) for k in true)
-    out[OVERALL] = {"synthetic": hits_fake / len(synthetic.labels), "real": hits_real / len(real.labels)}
+    # Balanced (mean over classes): the synthetic set is usually class-balanced, the real one not.
+    out[OVERALL] = {
+        "synthetic": float(np.mean(list(fake.values()))),
+        "real": float(np.mean([true[k] for k in fake if k in true])) if any(k in true for k in fake) else None,
+    }
     return out
 
 

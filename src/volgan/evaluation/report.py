@@ -107,7 +107,7 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
         lines.append(f"| {group} | {_fmt(row['synthetic'])} | {_fmt(row['real'])} |")
     lines += [
         "",
-        "## Conditional accuracy: the real-trained judge on volumes of each class",
+        "## Conditional accuracy: the real-trained judge on volumes of each class (overall: balanced)",
         "",
         "| class | synthetic | real test |",
         "|---|---|---|",
