@@ -189,3 +189,22 @@ def test_discriminator_with_minibatch_std_scores_a_volume_by_its_batch() -> None
         in_batch = d.logits(x)[0]
     assert not torch.isclose(alone_ish, in_batch)
     assert d.logits(x).shape == (4,)
+
+
+def test_auxiliary_classifier_head_and_its_training(tmp_path: Path) -> None:
+    d = DCGANDiscriminator(16, num_classes=3, ndf=4, aux_classifier=True)
+    x, y = torch.rand(4, 1, 16, 16, 16), torch.tensor([0, 1, 2, 0])
+    logits, classes = d.logits_and_classes(x, y)
+    assert logits.shape == (4,) and classes is not None and classes.shape == (4, 3)
+    assert DCGANDiscriminator(16, num_classes=3, ndf=4).logits_and_classes(x, y)[1] is None
+    cfg = tiny_config(
+        tmp_path / "run",
+        model={"family": "dcgan", "latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4, "ac_weight": 1.0},
+        train={"steps": 2, "batch_size": 4, "d_acc_threshold": 1.0},
+    )
+    trainer = Trainer(cfg, tiny_data(classes=2))
+    head = trainer.discriminator.classifier
+    assert head is not None
+    before = head.weight.clone()
+    trainer.train_step()
+    assert not torch.equal(before, head.weight)  # cross-entropy on real volumes reached the head

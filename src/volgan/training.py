@@ -250,13 +250,15 @@ class Trainer:
         b = real.shape[0]
         fake = g(torch.randn(b, g.latent_dim, device=self.device), labels)
         sigma = self._instance_noise()
-        real_logits = d.logits(_noisy(real, sigma), labels)
+        real_logits, real_classes = d.logits_and_classes(_noisy(real, sigma), labels)
         fake_logits = d.logits(_noisy(fake.detach(), sigma), labels)
         targets = {
             k: label_targets(b, k, real_label=t.real_label, noise=t.label_noise, flip=t.label_flip, device=self.device)
             for k in (True, False)
         }
         loss_d = bce_discriminator_loss(real_logits, fake_logits, targets[True], targets[False])
+        if real_classes is not None:  # the auxiliary classifier learns the classes from real volumes
+            loss_d = loss_d + self.cfg.model.ac_weight * F.cross_entropy(real_classes, labels)
         accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
         update_d = float(accuracy) <= t.d_acc_threshold  # the 3D-GAN gate: let G catch up
         self.opt_d.zero_grad(set_to_none=True)
@@ -264,7 +266,10 @@ class Trainer:
             loss_d.backward()
             self.opt_d.step()
         d.requires_grad_(False)
-        loss_g = bce_generator_loss(d.logits(_noisy(fake, sigma), labels))
+        fake_scores, fake_classes = d.logits_and_classes(_noisy(fake, sigma), labels)
+        loss_g = bce_generator_loss(fake_scores)
+        if fake_classes is not None:  # ... and asks the generator for volumes of the requested class
+            loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(fake_classes, labels)
         d.requires_grad_(True)
         self._generator_update(loss_g)
         return {

@@ -20,7 +20,9 @@ def build_models(cfg: Config, num_classes: int) -> tuple[AnyGenerator, AnyDiscri
     if m.family == "dcgan":
         return (
             DCGANGenerator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels),
-            DCGANDiscriminator(size, num_classes, m.ndf, m.max_channels, m.minibatch_std),
+            DCGANDiscriminator(
+                size, num_classes, m.ndf, m.max_channels, m.minibatch_std, aux_classifier=m.ac_weight > 0
+            ),
         )
     return (
         Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels),

@@ -94,6 +94,7 @@ class DCGANDiscriminator(nn.Module):
         ndf: int = 64,
         max_channels: int = 512,
         minibatch_std: bool = False,
+        aux_classifier: bool = False,
     ) -> None:
         super().__init__()
         self.size, self.num_classes, self.minibatch_std = size, num_classes, minibatch_std
@@ -105,10 +106,19 @@ class DCGANDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.dense = nn.Linear((chans[-1] + int(minibatch_std)) * base**3, 1)
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
+        # AC-GAN head (Odena et al. 2017): class logits from the pooled features.
+        self.classifier = nn.Linear(chans[-1], num_classes) if num_classes and aux_classifier else None
         self.apply(init_dcgan_weights)
 
     def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, 1, S, S, S) in [0, 1]; labels: (B,) -> real/fake logits (B,)."""
+        return self.logits_and_classes(x, labels)[0]
+
+    def logits_and_classes(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, 1, S, S, S); labels: (B,) -> real/fake logits (B,) and, with the auxiliary
+        classifier, class logits (B, K)."""
         h = self.features(x)
         flat = torch.cat([h, minibatch_stddev(h)], dim=1) if self.minibatch_std else h
         out = self.dense(flat.flatten(1)).squeeze(1)
@@ -116,7 +126,8 @@ class DCGANDiscriminator(nn.Module):
             if labels is None:
                 raise ValueError("a conditional discriminator needs class labels")
             out = out + (self.embed(labels) * h.mean(dim=(2, 3, 4))).sum(dim=1)
-        return out
+        classes = self.classifier(h.mean(dim=(2, 3, 4))) if self.classifier is not None else None
+        return out, classes
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, 1, S, S, S); labels: (B,) -> probability of "real" (B,) (sigmoid of :meth:`logits`)."""
