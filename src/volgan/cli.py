@@ -100,7 +100,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--run-dir", type=Path, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--minutes", type=float, default=4.0, help="training time budget (default 4)")
     p.add_argument("--steps", type=int, default=100000, help="generator steps at most (default: until --minutes)")
-    p.add_argument("--size", type=int, default=32, help="cubic grid size (default 32)")
+    p.add_argument("--size", type=int, help="cubic grid size (default 32 for wgan_gp, 16 for dcgan)")
     p.add_argument("--n-per-class", type=int, default=96, help="phantom volumes per class (default 96)")
     p.add_argument("--samples", type=int, default=16, help="volumes generated per class at the end (default 16)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
