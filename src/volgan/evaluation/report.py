@@ -118,7 +118,7 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
     if use is not None:
         lines += ["", "## Usefulness: a classifier trained on … and tested on the real test set", ""]
         if "tstr" in use:
-            lines += ["| trained on | accuracy | balanced accuracy | n train |", "|---|---|---|---|"]
+            lines += ["| trained on | accuracy [95 % CI] | balanced accuracy | n train |", "|---|---|---|---|"]
             for key, label in (
                 ("tstr", "synthetic only (TSTR)"),
                 ("trtr", "real only (TRTR)"),
@@ -126,8 +126,10 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
             ):
                 if key in use:
                     r = use[key]
+                    lo, hi = r["accuracy_ci95"]
                     lines.append(
-                        f"| {label} | {_fmt(r['accuracy'])} | {_fmt(r['balanced_accuracy'])} | {r['n_train']} |"
+                        f"| {label} | {_fmt(r['accuracy'])} [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['balanced_accuracy'])} "
+                        f"| {r['n_train']} |"
                     )
             lines.append(f"\n_recipe: {json.dumps(use['recipe'])}_")
         if "note" in use:
