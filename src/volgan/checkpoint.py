@@ -2,20 +2,22 @@
 
 Layout of a checkpoint dict (format version 1)::
 
-    format, version, step, config (resolved, plain), class_names, intensity_range, spacing,
-    generator, critic, ema (generator-shaped state dicts), opt_g, opt_d,
+    format, version, step, config (resolved, plain), num_classes, class_names, intensity_range,
+    spacing, affine, generator, discriminator, ema (state dicts), opt_g, opt_d,
     rng {torch, cuda}, data_state {epoch, position}, ema_updates
 
-Files live in ``RUN/checkpoints/step_XXXXXXXX.pt``; the newest one that loads is "latest".
+Files live in ``RUN/checkpoints/step_XXXXXXXX.pt``; the newest one is "latest". ``volgan export``
+writes the generator weights as ``.safetensors`` (tensors + JSON metadata, no pickle at all).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,12 @@ from volgan.errors import CheckpointError
 
 FORMAT = "volgan-checkpoint"
 VERSION = 1
+# What sampling needs besides the weights, and what resuming needs on top.
+GENERATOR_KEYS = ("step", "config", "num_classes", "class_names", "intensity_range", "spacing", "affine")
+TRAINING_KEYS = (
+    *GENERATOR_KEYS,
+    *("generator", "discriminator", "ema", "ema_updates", "opt_g", "opt_d", "rng", "data_state"),
+)
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
@@ -43,6 +51,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest finished checkpoint of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -84,13 +98,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Load a checkpoint file with ``weights_only=True``: a file that would run code is refused."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        raise CheckpointError(
+            f"{path}: a safetensors export holds weights only, not a training state; "
+            "sample from it, or resume from a .pt checkpoint or the run folder"
+        )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise CheckpointError(f"{path}: refused to load: not a plain weights file ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({e.__class__.__name__})") from None
+        raise CheckpointError(f"{path}: refused to load: not a plain weights file ({_unpickling_reason(e)})") from None
+    except Exception as e:  # anything else torch's zip/pickle readers raise means a damaged file
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({_damage_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a volgan checkpoint")
     if state.get("version") != VERSION:
@@ -98,6 +118,38 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"{path}: checkpoint format version {state.get('version')} is not supported (expected {VERSION})"
         )
     return state
+
+
+def _unpickling_reason(e: pickle.UnpicklingError) -> str:
+    """The useful part of torch's long weights_only refusal: the global it would import, if any."""
+    text = str(e)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it asks to import {found.group(1)}, which could run code"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return f"pickle opcode {found.group(1)} is not allowed; damaged, or not written by torch.save"
+    return "content outside plain tensors and containers"
+
+
+def _damage_reason(e: Exception) -> str:
+    """A short cause: the first sentence of the error, without torch's C++ source location."""
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(e).strip())
+    first = text.split(". ")[0].splitlines()[0] if text else "file ends early"
+    return f"{e.__class__.__name__}: {first[:120]}"
+
+
+def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: Path) -> None:
+    """Refuse a checkpoint that lacks an entry the caller needs, naming the first missing one."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint: no {missing[0]!r} entry")
+
+
+def describe_load_error(e: Exception) -> str:
+    """The first concrete problem in a ``load_state_dict`` error (e.g. "size mismatch for fc.weight: ...")."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    return (lines[0] if lines else e.__class__.__name__)[:200]
 
 
 def resolve_checkpoint(where: str | Path) -> Path:
@@ -117,3 +169,82 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints."""
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+
+
+# -- safetensors export: weights and JSON metadata, no pickle ------------------------------------
+SAFETENSORS_FORMAT = "volgan-safetensors"
+SAFETENSORS_VERSION = 1
+# Which weights `volgan export --which` writes; each tensor is named "<part>.<state-dict key>".
+EXPORT_PARTS = {"ema": ("ema",), "generator": ("generator",), "all": ("ema", "generator", "discriminator")}
+
+
+def export_safetensors(state: dict[str, Any], path: Path, which: str = "ema", source: Path | None = None) -> Path:
+    """Write a checkpoint's generator weights (``which``: ema | generator | all) and metadata as safetensors."""
+    from safetensors.torch import save
+
+    tensors = {
+        f"{part}.{key}": value.detach().cpu().contiguous().clone()  # clone: safetensors refuses shared storage
+        for part in EXPORT_PARTS[which]
+        for key, value in state[part].items()
+    }
+    # safetensors metadata is str -> str: every value is JSON text
+    metadata = {key: json.dumps(state[key]) for key in GENERATOR_KEYS}
+    metadata |= {
+        "format": json.dumps(SAFETENSORS_FORMAT),
+        "version": json.dumps(SAFETENSORS_VERSION),
+        "family": json.dumps(state["config"]["model"]["family"]),
+        "weights": json.dumps(list(EXPORT_PARTS[which])),
+        "source": json.dumps(source.name if source else None),
+    }
+    payload = save(tensors, metadata)
+    try:
+        atomic_write(path, lambda f: f.write(payload))
+    except OSError as e:
+        raise CheckpointError(f"{path}: could not write ({e.strerror or e})") from None
+    return path
+
+
+def load_safetensors(path: Path) -> dict[str, Any]:
+    """Read a ``volgan export`` file into a checkpoint-shaped dict.
+
+    The dict holds the metadata entries (GENERATOR_KEYS) and one state dict per exported part
+    ("ema", "generator", "discriminator").
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError: header or data unreadable
+        raise CheckpointError(f"{path}: damaged or truncated safetensors file ({str(e)[:160]})") from None
+    meta = _parse_metadata(raw, path)
+    state: dict[str, Any] = {key: meta[key] for key in GENERATOR_KEYS}
+    for name, tensor in tensors.items():
+        part, _, key = name.partition(".")
+        if part not in meta["weights"] or not key:
+            raise CheckpointError(f"{path}: unexpected tensor {name!r} (parts listed: {meta['weights']})")
+        state.setdefault(part, {})[key] = tensor
+    return state
+
+
+def _parse_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
+    if "format" not in raw:
+        raise CheckpointError(f"{path}: no volgan metadata in this safetensors file (write it with `volgan export`)")
+    meta: dict[str, Any] = {}
+    for key in ("format", "version", "weights", *GENERATOR_KEYS):
+        if key not in raw:
+            raise CheckpointError(f"{path}: safetensors metadata lacks {key!r} (write it with `volgan export`)")
+        try:
+            meta[key] = json.loads(raw[key])
+        except ValueError:
+            raise CheckpointError(f"{path}: safetensors metadata {key!r} is not valid JSON") from None
+    if meta["format"] != SAFETENSORS_FORMAT or meta["version"] != SAFETENSORS_VERSION:
+        raise CheckpointError(
+            f"{path}: metadata says {meta['format']!r} version {meta['version']!r}; "
+            f"expected {SAFETENSORS_FORMAT!r} version {SAFETENSORS_VERSION}"
+        )
+    if not isinstance(meta["weights"], list):
+        raise CheckpointError(f"{path}: safetensors metadata 'weights' must be a list of parts")
+    return meta

@@ -1,4 +1,4 @@
-"""Command-line interface: ``volgan train | sample | demo | train-classifier | evaluate``.
+"""Command-line interface: ``volgan train | sample | export | demo | demo-data | train-classifier | evaluate``.
 
 Heavy imports (torch, MONAI) happen inside the commands so ``--help`` is instant. Problems the
 user can fix end as one ``volgan: error: ...`` line and exit code 2.
@@ -84,6 +84,23 @@ def _add_sample(sub: Any) -> None:
         help="use the EMA generator (default) or the raw one",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint's generator weights as .safetensors (no pickle; `volgan sample` reads it)",
+        description="Write generator weights and their metadata (config, classes, intensity range, spacing, "
+        "affine, step) to a .safetensors file, which loads without unpickling anything.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (newest checkpoint)")
+    p.add_argument("--out", type=Path, required=True, help="output file, ending in .safetensors")
+    p.add_argument(
+        "--which",
+        choices=["ema", "generator", "all"],
+        default="ema",
+        help="ema: the EMA generator (default); generator: the raw one; all: both and the critic/discriminator",
+    )
 
 
 def _add_demo(sub: Any) -> None:
@@ -180,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_sample(sub)
+    _add_export(sub)
     _add_demo(sub)
     _add_demo_data(sub)
     _add_train_classifier(sub)
@@ -197,6 +215,7 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
     if args.resume is not None:
         path = ckpt.resolve_checkpoint(args.resume)
         state = ckpt.load_checkpoint(path)
+        ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
         base = read_yaml(args.config) if args.config else state["config"]
         run_dir = args.resume if args.resume.is_dir() else path.parent.parent
         overrides.append(f"run_dir={run_dir}")
@@ -224,6 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from volgan.data.dataset import load_volumes
     from volgan.errors import ConfigError
+    from volgan.runlock import check_unlocked
     from volgan.training import Trainer
 
     cfg, resume_state = _resolve_train_config(args)
@@ -231,6 +251,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "no data: pass --data DIR (or set data.root in the config); try `volgan demo` for built-in data"
         )
+    if not args.dry_run:
+        check_unlocked(Path(cfg.run_dir))  # before loading data; Trainer.fit takes the lock
     data = load_volumes(cfg.data, progress=True)
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
@@ -269,6 +291,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
         total += len(write_samples(loaded, vols, [k] * args.n, indices, args.seed, args.out, args.format, args.mesh))
     meshes = f" and {'/'.join(args.mesh)} meshes" if args.mesh else ""
     print(f"wrote {total} volumes ({args.format}){meshes} and JSON sidecars to {args.out} (step {loaded.step})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from volgan import checkpoint as ckpt
+
+    if args.out.suffix != ".safetensors":
+        raise VolganError(f"{args.out}: --out must end in .safetensors")
+    path = ckpt.resolve_checkpoint(args.checkpoint)
+    state = ckpt.load_checkpoint(path)
+    ckpt.require_keys(state, (*ckpt.GENERATOR_KEYS, *ckpt.EXPORT_PARTS[args.which]), path)
+    ckpt.export_safetensors(state, args.out, args.which, source=path)
+    print(f"wrote {args.out} ({args.which} weights, step {state['step']}) from {path}")
     return 0
 
 
@@ -321,6 +356,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "sample": cmd_sample,
+    "export": cmd_export,
     "demo": cmd_demo,
     "demo-data": cmd_demo_data,
     "train-classifier": cmd_train_classifier,

@@ -19,7 +19,8 @@ from volgan.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/NaN would pass the range checks below (inf >= 0) and only surface as NaN losses mid-run
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -135,7 +136,7 @@ class LogConfig(_Section):
 class Config(_Section):
     """The whole run configuration (the resolved form is saved in every run folder)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # numpy's SeedSequence and torch.manual_seed both accept this range
     device: Literal["auto", "cpu", "cuda"] = "auto"
     run_dir: str = "runs/default"
     data: DataConfig = Field(default_factory=DataConfig)

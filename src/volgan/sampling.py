@@ -75,18 +75,23 @@ class LoadedGenerator:
 
 
 def load_generator(where: str | Path, *, ema: bool = True, device: torch.device | str = "cpu") -> LoadedGenerator:
-    """Rebuild the generator of a checkpoint file or run folder (latest checkpoint)."""
+    """Rebuild the generator of a checkpoint file, run folder (latest checkpoint) or ``.safetensors`` export."""
     from volgan.training import config_from_checkpoint
 
     path = ckpt.resolve_checkpoint(where)
-    state = ckpt.load_checkpoint(path)
+    state = ckpt.load_safetensors(path) if path.suffix == ".safetensors" else ckpt.load_checkpoint(path)
+    ckpt.require_keys(state, ckpt.GENERATOR_KEYS, path)
     cfg = config_from_checkpoint(state, path)
     generator, _ = build_models(cfg, int(state["num_classes"]))
+    part = "ema" if ema else "generator"
+    if part not in state:
+        hint = "pass --no-ema, or export with --which ema" if ema else "leave out --no-ema, or export with --which all"
+        raise ckpt.CheckpointError(f"{path}: holds no {'EMA' if ema else 'raw'} generator weights ({hint})")
     try:
-        generator.load_state_dict(state["ema" if ema else "generator"])
-    except (RuntimeError, KeyError) as e:
+        generator.load_state_dict(state[part])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise ckpt.CheckpointError(
-            f"{path}: generator weights do not fit its config ({str(e).splitlines()[0][:200]})"
+            f"{path}: generator weights do not fit its config ({ckpt.describe_load_error(e)})"
         ) from None
     lo, hi = state["intensity_range"]
     return LoadedGenerator(

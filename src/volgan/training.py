@@ -42,6 +42,7 @@ from volgan.losses import (
 )
 from volgan.models import Critic, DCGANDiscriminator, build_models
 from volgan.models.wgan_gp import count_parameters
+from volgan.runlock import RunLock, check_unlocked
 from volgan.runlog import RunLogger
 
 log = logging.getLogger("volgan")
@@ -112,6 +113,7 @@ class Trainer:
         self.stream = BatchStream(len(data.labels), t.batch_size, cfg.seed)
         self._stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
+        check_unlocked(self.run_dir)  # refuse early; fit() takes the lock itself
         if resume is not None:
             self._restore(resume, resume_state)
         elif ckpt.list_checkpoints(self.run_dir):
@@ -119,6 +121,7 @@ class Trainer:
                 f"{self.run_dir}: run folder already holds checkpoints; "
                 f"pass --resume {self.run_dir} or choose another --run-dir"
             )
+        self._newest_seen = ckpt.newest_checkpoint(self.run_dir)
 
     # -- checkpoint round trip -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -147,6 +150,7 @@ class Trainer:
         path = ckpt.resolve_checkpoint(where)
         if state is None:
             state = ckpt.load_checkpoint(path, map_location=self.device)
+        ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
         check_compatible(state["config"], self.cfg, path)
         if state["class_names"] != list(self.data.class_names) or state["num_classes"] != self.num_classes:
             raise CheckpointError(
@@ -159,7 +163,7 @@ class Trainer:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[0][:200]})") from None
+            raise CheckpointError(f"{path}: weights do not fit this model ({ckpt.describe_load_error(e)})") from None
         self.ema.updates = int(state["ema_updates"])
         self.ema.mark_calibrated()
         self.step = int(state["step"])
@@ -182,6 +186,7 @@ class Trainer:
         path = ckpt.save_checkpoint(self.state_dict(), ckpt.checkpoint_path(self.run_dir, self.step))
         ckpt.prune_checkpoints(self.run_dir, self.cfg.log.keep_checkpoints)
         self.last_checkpoint = path
+        self._newest_seen = ckpt.newest_checkpoint(self.run_dir)
         return path
 
     # -- one generator iteration -----------------------------------------------------------
@@ -356,9 +361,27 @@ class Trainer:
             save_render_grid(samples, figures / "renders.png", level=level, title=f"EMA generator, step {self.step}")
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
-        """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps)."""
+        """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps).
+
+        The run folder's lock (``RUN/.lock``) is held throughout, so a second training pointed at
+        the same folder is refused; it is released however this returns or raises.
+        """
+        with RunLock(self.run_dir):
+            self._check_no_new_checkpoints()
+            return self._fit_locked(stop_after)
+
+    def _check_no_new_checkpoints(self) -> None:
+        """Refuse if another process wrote checkpoints here after this trainer was set up."""
+        newest = ckpt.newest_checkpoint(self.run_dir)
+        if newest != self._newest_seen:
+            raise VolganError(
+                f"{self.run_dir}: another training changed the checkpoints after this one was set up "
+                f"(newest: {newest.name if newest else 'none'}); pass --resume {self.run_dir} to continue from it"
+            )
+
+    def _fit_locked(self, stop_after: int | None) -> TrainResult:
         cfg, every = self.cfg, self.cfg.log
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_signal = None  # a signal that stopped an earlier fit() does not stop this one
         save_config(cfg, self.run_dir / "config.yaml")
         (self.run_dir / "class_to_idx.json").write_text(json.dumps(self.data.class_to_idx, indent=2))
         log.info(

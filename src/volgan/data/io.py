@@ -10,9 +10,14 @@ and says what was expected; the underlying exception is never shown as a traceba
 from __future__ import annotations
 
 import errno
+import logging
+import math
 import os
+import tokenize
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -25,11 +30,14 @@ from volgan.errors import DataError
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".npy")
 
 # What a damaged file can raise while it is decoded: gzip/zip/zlib errors, truncated data
-# (EOFError, nibabel's "Expected N bytes" OSError, numpy's "Failed to read all data" ValueError).
+# (EOFError, nibabel's "Expected N bytes" OSError, numpy's "Failed to read all data" ValueError),
+# sizes that overflow, and numpy's tokenizer on a mangled old-style .npy header (TokenError).
 DECODE_ERRORS = (
     OSError,
     EOFError,
     ValueError,
+    OverflowError,
+    tokenize.TokenError,
     zlib.error,
     zipfile.BadZipFile,
     ImageFileError,
@@ -60,10 +68,78 @@ def check_readable(path: Path) -> os.stat_result:
 
 def decode_error(path: Path, e: Exception) -> DataError:
     """The one-line DataError for a file that failed to decode with ``e``."""
-    if isinstance(e, PermissionError):
+    if isinstance(e, PermissionError) or _permission_denied(path):
         return DataError(f"{path}: permission denied")
-    detail = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-    return DataError(f"{path}: cannot decode, the file is damaged or not a volume ({detail})")
+    return DataError(f"{path}: cannot decode, the file is damaged or not a volume ({error_detail(e)})")
+
+
+def error_detail(e: Exception) -> str:
+    """The first line of ``e``'s message (its class name if it has none), for the end of a DataError."""
+    if isinstance(e, tokenize.TokenError):  # numpy's tokenizer on a mangled .npy header: "('EOF in ...', (2, 0))"
+        return "the header cannot be parsed"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
+def _permission_denied(path: Path) -> bool:
+    # nibabel reports an unreadable file as "Could not read file", so ask the OS directly
+    try:
+        with open(path, "rb"):
+            return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+
+
+# deflate cannot expand its input by more than about 1032:1, so a .gz file of n bytes holds at most this
+_MAX_GZIP_RATIO = 1032
+
+
+def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int, compressed: bool) -> None:
+    """Refuse a header whose voxels cannot be in the file, before memory for them is allocated.
+
+    A damaged header can claim terabytes; reading would then fail with a MemoryError, or after
+    minutes of allocating, instead of naming the file.
+    """
+    if any(n < 0 for n in shape):
+        raise DataError(f"{path}: the header gives the negative shape {tuple(shape)}; the file is damaged")
+    needed = math.prod(int(n) for n in shape) * dtype.itemsize
+    size = os.stat(path).st_size
+    room = size * _MAX_GZIP_RATIO if compressed else size - offset
+    if needed > room:
+        raise DataError(
+            f"{path}: the header's shape {tuple(shape)} ({dtype}) needs {needed} bytes of voxels, more than the "
+            f"{size}-byte file can hold; it is truncated or its header is damaged"
+        )
+
+
+def _check_npy_size(path: Path) -> None:
+    """:func:`_check_size` for an ``.npy`` file; anything that is not one is left to ``np.load``."""
+    with open(path, "rb") as stream:
+        if stream.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            return  # a pickle or an .npz: np.load says what it is
+        stream.seek(0)
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(stream)
+        if not dtype.hasobject:  # object arrays are refused by np.load (allow_pickle=False)
+            _check_size(path, shape, dtype, stream.tell(), compressed=False)
+
+
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Keep nibabel's header-repair notes ("sizeof_hdr should be 348; ...") off stderr.
+
+    nibabel prints them itself; a header it cannot repair still ends as one DataError line.
+    """
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_voxels(array: np.ndarray, where: str) -> None:
@@ -106,6 +182,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     check_readable(path)
     if suffix == ".npy":
         try:
+            _check_npy_size(path)
             loaded = np.load(path, allow_pickle=False)
         except DECODE_ERRORS as e:
             if isinstance(e, ValueError) and "pickle" in str(e).lower():
@@ -117,11 +194,14 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
         array, affine = loaded, np.eye(4)
     else:
         try:
-            image = nib.load(path)
-            if not isinstance(image, SpatialImage):
-                raise DataError(f"{path}: not a NIfTI image (got {type(image).__name__})")
-            array = image.get_fdata(dtype=np.float32)  # applies the scale factor (scl_slope/inter)
-            affine = image.affine
+            with _quiet_nibabel(), np.errstate(all="ignore"):  # NaN/Inf from a bad scale factor: checked below
+                image = nib.load(path)  # reads the header only
+                if not isinstance(image, SpatialImage):
+                    raise DataError(f"{path}: not a NIfTI image (got {type(image).__name__})")
+                offset = int(getattr(image.dataobj, "offset", 0))
+                _check_size(path, image.shape, image.get_data_dtype(), offset, compressed=suffix == ".nii.gz")
+                array = image.get_fdata(dtype=np.float32)  # applies the scale factor (scl_slope/inter)
+                affine = image.affine
         except (*DECODE_ERRORS, TypeError) as e:  # TypeError: e.g. complex voxels
             raise decode_error(path, e) from None
         if affine is None:  # nibabel gives one even without sform/qform; this guards odd headers

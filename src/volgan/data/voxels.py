@@ -28,7 +28,7 @@ from typing import IO, NamedTuple, TypeVar
 
 import numpy as np
 
-from volgan.data.io import DECODE_ERRORS, check_readable, decode_error
+from volgan.data.io import DECODE_ERRORS, check_readable, decode_error, error_detail
 from volgan.errors import DataError
 
 VOXEL_SUFFIXES = (".binvox", ".mat", ".npz", ".npy")
@@ -223,7 +223,9 @@ def _npy_header(stream: IO[bytes], path: Path) -> tuple[tuple[int, ...], np.dtyp
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(stream)
     except DECODE_ERRORS as e:
-        raise DataError(f"{path}: not an .npy array (pickled Python objects, or a damaged file: {e})") from None
+        raise DataError(
+            f"{path}: not an .npy array (pickled Python objects, or a damaged file: {error_detail(e)})"
+        ) from None
     return tuple(shape), np.dtype(dtype)
 
 
