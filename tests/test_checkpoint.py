@@ -208,3 +208,12 @@ def test_export_refusals(tmp_path: Path, run: Path, capsys: pytest.CaptureFixtur
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644

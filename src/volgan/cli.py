@@ -253,6 +253,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if not args.dry_run:
         check_unlocked(Path(cfg.run_dir))  # before loading data; Trainer.fit takes the lock
+    if resume_state is not None:  # a mismatch must not wait for (possibly minutes of) preprocessing
+        from volgan import checkpoint as ckpt
+        from volgan.training import check_compatible
+
+        check_compatible(resume_state["config"], cfg, ckpt.resolve_checkpoint(args.resume))
     data = load_volumes(cfg.data, progress=True)
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
@@ -261,8 +266,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     run_dir = Path(cfg.run_dir)
     trainer = Trainer(cfg, data, resume=args.resume, resume_state=resume_state)
-    _log_to_file(run_dir)
-    result = trainer.fit()
+    handler = _log_to_file(run_dir)
+    try:
+        result = trainer.fit()
+    finally:  # a later command in the same process must not write into this run's log
+        logging.getLogger("volgan").removeHandler(handler)
+        handler.close()
     print(f"run folder: {result.run_dir}\ncheckpoint: {result.checkpoint}\nfigures:    {result.run_dir / 'figures'}")
     return EXIT_INTERRUPTED if result.interrupted else 0
 
@@ -324,11 +333,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
-def _log_to_file(run_dir: Path) -> None:
+def _log_to_file(run_dir: Path) -> logging.Handler:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("volgan").addHandler(handler)
+    return handler
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

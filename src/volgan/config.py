@@ -13,14 +13,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from volgan.errors import ConfigError
+
+_NUMBERS = (int, float, int | None, float | None)
 
 
 class _Section(BaseModel):
     # inf/NaN would pass the range checks below (inf >= 0) and only surface as NaN losses mid-run
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true/false as 1/0; in YAML that is a slip (`steps: yes`), never a count
+        if isinstance(v, bool) and info.field_name and cls.model_fields[info.field_name].annotation in _NUMBERS:
+            raise ValueError(f"Input should be a number, got {v}")
+        return v
 
 
 class DataConfig(_Section):
@@ -152,7 +162,7 @@ class Config(_Section):
             return data
         model = data.get("model") or {}
         family = model.get("family", "wgan_gp") if isinstance(model, dict) else None
-        if family not in FAMILY_DEFAULTS:
+        if not isinstance(family, str) or family not in FAMILY_DEFAULTS:
             return data  # field validation reports the bad value
         data = dict(data)
         for section, values in FAMILY_DEFAULTS[family].items():
@@ -206,8 +216,10 @@ def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
     msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "invalid_key"):  # invalid_key: a number or null as a key
         return f"{source}: unknown key '{key}'"
+    if not first["loc"]:  # a cross-field check: its message names the keys
+        return f"{source}: {msg}"
     got = first.get("input")
     got_txt = "" if isinstance(got, dict) or first["type"].startswith("value_error") else f", got {got!r}"
     return f"{source}: {key}: {msg}{got_txt}"
@@ -225,13 +237,15 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=8")
     key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: expected a dotted key before '=', e.g. train.batch_size=8")
     try:
         value = yaml.safe_load(raw) if raw else None
     except yaml.YAMLError:
         value = raw
     out: dict[str, Any] = {}
     node = out
-    parts = key.strip().split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value

@@ -155,7 +155,8 @@ def _as_3d(array: np.ndarray, where: str) -> np.ndarray:
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3 or min(array.shape) < 1:
-        raise DataError(f"{where}: expected a 3-D volume (D, H, W), got shape {shape}")
+        hint = "; channels or time points are not read, save one 3-D volume per file" if array.ndim == 4 else ""
+        raise DataError(f"{where}: expected a 3-D volume (D, H, W), got shape {shape}{hint}")
     return array
 
 
