@@ -201,3 +201,15 @@ def test_dcgan_family_through_the_cli_with_meshes(tmp_path: Path, data_dir: Path
     assert {p.name for p in (out / "1").iterdir()} == {f"{stem}.nii.gz", f"{stem}.json", f"{stem}.obj", f"{stem}.stl"}
     meta = json.loads((out / "1" / f"{stem}.json").read_text())
     assert meta["meshes"] == [f"{stem}.obj", f"{stem}.stl"] and meta["mesh_level"] == level
+
+
+def test_far_too_high_learning_rate_is_caught_within_one_step(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    lr = ["--set", "train.lr_d=1e30", "--set", "train.lr_g=1e30"]
+    assert main(["train", "--data", str(data_dir), "--run-dir", str(run), "--steps", "8", *lr, *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert re.search(r"step [12]: (critic|generator) loss is (nan|inf).*lower learning rate.*last good checkpoint", err)
+    assert not list((run / "checkpoints").glob("*.pt"))  # nothing non-finite was saved
