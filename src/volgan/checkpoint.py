@@ -96,9 +96,14 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     state = {"format": FORMAT, "version": VERSION, **state}
     try:
         atomic_write(path, lambda f: torch.save(state, f))
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a failed file write as RuntimeError("... unexpected pos ..."), the OSError
+        # (e.g. ENOSPC) being its context
+        cause = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(cause, OSError):
+            raise
         raise CheckpointError(
-            f"{path}: could not write checkpoint ({e.strerror or e}); the previous one is intact"
+            f"{path}: could not write checkpoint ({cause.strerror or cause}); the previous one is intact"
         ) from None
     return path
 

@@ -161,14 +161,12 @@ def write_samples(
     from volgan.data.preprocess import unscale
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     for vol, label, i in zip(volumes, labels, indices, strict=True):
         name = loaded.class_names[label] if loaded.num_classes else "all"
         stem = f"{_safe(name)}_seed{seed}_{i:05d}"
         class_dir = out_dir / _safe(name)
-        class_dir.mkdir(exist_ok=True)
         path = class_dir / f"{stem}.{fmt}"
-        write_volume(unscale(vol, *loaded.intensity_range), path, loaded.affine)
         meta: dict[str, Any] = {
             "class_name": name,
             "class_index": label if loaded.num_classes else None,
@@ -184,9 +182,22 @@ def write_samples(
         if meshes:
             meta["meshes"] = [f"{stem}.{m}" for m in meshes]
             meta["mesh_level"] = loaded.threshold
-        for mesh_format in meshes:
-            _write_mesh(vol, class_dir / f"{stem}.{mesh_format}", 2 * loaded.threshold - 1, loaded.affine)
-        (class_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+        target = class_dir
+        try:
+            class_dir.mkdir(exist_ok=True)
+            target = path
+            write_volume(unscale(vol, *loaded.intensity_range), path, loaded.affine)
+            for mesh_format in meshes:
+                target = class_dir / f"{stem}.{mesh_format}"
+                _write_mesh(vol, target, 2 * loaded.threshold - 1, loaded.affine)
+            target = class_dir / f"{stem}.json"
+            sidecar = json.dumps(meta, indent=2).encode()
+            ckpt.atomic_write(target, lambda f, sidecar=sidecar: f.write(sidecar))
+        except OSError as e:  # e.g. a full disk: what was written before stays whole
+            raise VolganError(
+                f"{target}: could not write ({e.strerror or e}); "
+                f"the {len(written)} volumes written before it are intact"
+            ) from None
         written.append(path)
     return written
 

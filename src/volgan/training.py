@@ -368,6 +368,9 @@ class Trainer:
         """
         with RunLock(self.run_dir):
             self._check_no_new_checkpoints()
+            # temp files of checkpoint writes a killed run never finished: nobody else can be writing now
+            for stale in ckpt.checkpoint_dir(self.run_dir).glob(".step_*.tmp"):
+                stale.unlink(missing_ok=True)
             return self._fit_locked(stop_after)
 
     def _check_no_new_checkpoints(self) -> None:

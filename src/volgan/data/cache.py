@@ -134,7 +134,16 @@ def write_entry(tmp: Path, key: str, root: Path, size: int, fill: Fill) -> None:
     shape = (size,) * 3
 
     def allocate(n: int) -> np.ndarray:
-        return np.lib.format.open_memmap(tmp / "volumes.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
+        array = np.lib.format.open_memmap(tmp / "volumes.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
+        # The memmap is a sparse file: a full disk would surface as SIGBUS on some later page write.
+        # Reserving the blocks now turns that into an OSError here, reported as a DataError.
+        if hasattr(os, "posix_fallocate"):
+            fd = os.open(tmp / "volumes.npy", os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.path.getsize(tmp / "volumes.npy"))
+            finally:
+                os.close(fd)
+        return array
 
     volumes, meta = fill(allocate)
     volumes.flush()  # type: ignore[attr-defined]  # a np.memmap
