@@ -108,23 +108,29 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def load_weights(path: Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and one-line errors: a file that would run code is
+    refused, a damaged one named as such. ``what`` names the file in messages ("checkpoint")."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to load: not a plain weights file ({_unpickling_reason(e)})") from None
+    except Exception as e:  # anything else torch's zip/pickle readers raise means a damaged file
+        raise CheckpointError(f"{path}: damaged or truncated {what} ({_damage_reason(e)})") from None
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint file with ``weights_only=True``: a file that would run code is refused."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and path.is_file():
         raise CheckpointError(
             f"{path}: a safetensors export holds weights only, not a training state; "
             "sample from it, or resume from a .pt checkpoint or the run folder"
         )
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load: not a plain weights file ({_unpickling_reason(e)})") from None
-    except Exception as e:  # anything else torch's zip/pickle readers raise means a damaged file
-        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({_damage_reason(e)})") from None
+    state = load_weights(path, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a volgan checkpoint")
     if state.get("version") != VERSION:

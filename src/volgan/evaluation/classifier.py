@@ -15,7 +15,6 @@ import copy
 import json
 import logging
 import math
-import pickle
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from volgan.checkpoint import atomic_write
+from volgan.checkpoint import atomic_write, load_weights
 from volgan.errors import CheckpointError
 
 log = logging.getLogger("volgan")
@@ -371,22 +370,6 @@ def save_classifier(out_dir: Path, model: VolumeClassifier, meta: dict[str, Any]
     return path
 
 
-def _torch_load(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: classifier file not found")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one loses its directory
-        raise CheckpointError(f"{path}: damaged or truncated classifier file (not a complete torch.save archive)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message is a paragraph; the line naming the refused object is the useful one.
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or ["unsupported content"]
-        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0]).split(" was not")[0]
-        raise CheckpointError(f"{path}: refused to load: not a plain weights file ({why[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: damaged or truncated classifier file ({e.__class__.__name__})") from None
-
-
 def _fit_problem(model: nn.Module, state: Any) -> str | None:
     """Why ``state`` cannot be loaded into ``model`` (one line), or None if it fits."""
     if not isinstance(state, dict):
@@ -413,7 +396,9 @@ def load_classifier(path: Path) -> tuple[VolumeClassifier, dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
-    state = _torch_load(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # save_classifier always writes a torch.save zip
+        raise CheckpointError(f"{path}: damaged or truncated classifier file (not a complete torch.save archive)")
+    state = load_weights(path, "classifier file")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a volgan classifier file")
     if state.get("version") != VERSION:
