@@ -1,66 +1,88 @@
 """Critic-step throughput of volgan's WGAN-GP next to the seed-design yardstick, measured in one run.
 
-    python benchmarks/train_step.py --size 64 --batch 4 --rounds 3
+    python benchmarks/train_step.py --size 64 --batch 4 --rounds 5
+    python benchmarks/train_step.py --size 64 --batch 4 --ablation      # each perf.* switch off in turn
+    python benchmarks/train_step.py --device cuda --batch 16           # on a GPU (adds MFU)
 
-Both run the same schedule (a generator step after every ``n_critic`` critic steps, counted as
-part of the critic step that triggers it), same widths, size, batch and number of classes.
-Rounds alternate A B A B …; the table shows medians and the ratio volgan / yardstick.
-The yardstick is ``../shared/bench/naive_cwgan.py`` (``--yardstick PATH`` to point elsewhere).
+Every contender runs in its own process and the same schedule: one round is ``n_critic`` critic
+steps and the generator step that follows them, same widths (ngf = ndf = 32), size, batch and number
+of classes. Rounds alternate A B A B …; the table shows medians, FLOPs counted with
+``torch.utils.flop_counter``'s formulas, peak memory (CUDA allocator, else peak RSS of the process)
+and the throughput ratio to the yardstick (``../shared/bench/naive_cwgan.py``; ``--yardstick PATH``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import statistics
-import sys
-import time
+import shutil
+import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
+from _harness import DEFAULT_YARDSTICK, Contender, Worker, load_yardstick, machine_line, race, table
 
-from volgan.config import build_config
-from volgan.data.volume_set import VolumeSet
-from volgan.training import Trainer
-
-DEFAULT_YARDSTICK = Path(__file__).resolve().parents[2] / "shared" / "bench" / "naive_cwgan.py"
+SWITCHES = ("channels_last", "fused_norm", "subpixel_conv", "dense_stem", "tune_allocator")
 
 
-def load_yardstick(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("naive_cwgan", path)
-    if spec is None or spec.loader is None or not path.exists():
-        sys.exit(f"yardstick not found: {path} (pass --yardstick)")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, path: str) -> Contender:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.set_default_device(dev)  # the yardstick makes its tensors (and the penalty's alpha) there
+    naive = load_yardstick(Path(path))
+    g, d, og, od, real, y = naive.make(size, batch, classes)
+    step = {"i": 0}
+
+    def round_() -> None:
+        for _ in range(n_critic):
+            naive.critic_step(step["i"], g, d, og, od, real, y, n_critic)
+            step["i"] += 1
+
+    return Contender(round_, batch * n_critic, dev)
 
 
-def volgan_trainer(size: int, batch: int, classes: int, n_critic: int, run_dir: Path) -> Trainer:
+def volgan(size: int, batch: int, classes: int, n_critic: int, device: str, perf: dict[str, Any]) -> Contender:
     import numpy as np
 
+    from volgan.config import build_config
+    from volgan.data.volume_set import VolumeSet
+    from volgan.training import Trainer
+
+    dev = torch.device(device)
     n = max(batch * 2, classes)
     vols = np.random.default_rng(0).uniform(-1, 1, (n, size, size, size)).astype(np.float32)
     data = VolumeSet.from_arrays(vols, np.arange(n) % classes, [str(i) for i in range(classes)])
+    run_dir = Path(tempfile.mkdtemp(prefix="volgan-bench-"))
     cfg = build_config(
         {
-            "device": "cpu",
+            "device": dev.type,
             "run_dir": str(run_dir),
             "data": {"size": size},
             "train": {"batch_size": batch, "n_critic": n_critic},
             "log": {"progress_bar": False},
+            "perf": perf,
         },
         "<benchmark>",
     )
-    return Trainer(cfg, data)
+    trainer = Trainer(cfg, data)
+    shutil.rmtree(run_dir)  # nothing is written: train_step() neither logs nor saves
+    return Contender(trainer.train_step, batch * n_critic, dev)
 
 
-def time_rounds(fn: Any, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - start) / steps
+def bf16_matmul_rate(device: torch.device, n: int = 8192) -> float:
+    """Measured dense bf16 matrix-product FLOP/s of ``device`` (the MFU denominator)."""
+    import time
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -69,39 +91,32 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--n-critic", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per contender")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--ablation", action="store_true", help="also run volgan with each perf switch off, and all off")
+    ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra round each)")
     ap.add_argument("--yardstick", type=Path, default=DEFAULT_YARDSTICK)
-    ap.add_argument("--run-dir", type=Path, default=Path("/tmp/volgan-bench"))
     a = ap.parse_args()
+    if not a.yardstick.exists():
+        raise SystemExit(f"yardstick not found: {a.yardstick} (pass --yardstick)")
 
-    naive = load_yardstick(a.yardstick)
-    g, d, og, od, real, y = naive.make(a.size, a.batch, a.classes)
-    counter = {"i": 0}
+    shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "n_critic": a.n_critic, "device": a.device}
+    variants: list[tuple[str, dict[str, Any]]] = [("volgan", {})]
+    if a.ablation:
+        variants += [(f"volgan, {s}=off", {s: False}) for s in SWITCHES]
+        variants += [("volgan, all perf off", dict.fromkeys(SWITCHES, False))]
+    workers = [Worker("yardstick", "train_step:yardstick", **shape, path=str(a.yardstick))]
+    workers += [Worker(name, "train_step:volgan", **shape, perf=perf) for name, perf in variants]
+    race(workers, a.rounds, count_flops=not a.no_flops)
 
-    def yardstick_critic_step() -> None:
-        naive.critic_step(counter["i"], g, d, og, od, real, y, a.n_critic)
-        counter["i"] += 1
-
-    trainer = volgan_trainer(a.size, a.batch, a.classes, a.n_critic, a.run_dir)
-
-    def volgan_generator_step() -> None:  # n_critic critic steps + 1 generator step
-        trainer.train_step()
-
-    yardstick_critic_step()  # warm-up both
-    volgan_generator_step()
-    ours, theirs = [], []
-    for _ in range(a.rounds):
-        theirs.append(time_rounds(yardstick_critic_step, a.n_critic))
-        ours.append(time_rounds(volgan_generator_step, 1) / a.n_critic)
-    t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
-    print(
-        f"critic step, {a.size}³, batch {a.batch}, {a.classes} classes, n_critic {a.n_critic}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    print(f"{'':<10}{'s/critic step':>15}{'volumes/s':>12}")
-    print(f"{'yardstick':<10}{t_theirs:>15.3f}{a.batch / t_theirs:>12.2f}")
-    print(f"{'volgan':<10}{t_ours:>15.3f}{a.batch / t_ours:>12.2f}")
-    print(f"ratio volgan/yardstick throughput: {t_theirs / t_ours:.2f}x (median of {a.rounds} alternating rounds)")
+    print(f"critic step (+ 1 generator step per {a.n_critic}), {a.size}³, batch {a.batch}, {a.classes} classes")
+    print(f"{machine_line()}, {torch.get_num_threads()} threads; medians of {a.rounds} alternating rounds")
+    print(table(workers, "critic step", workers[0], per=a.n_critic))
+    if a.device.startswith("cuda") and not a.no_flops:
+        peak = bf16_matmul_rate(torch.device(a.device))
+        print(f"measured bf16 matmul rate {peak / 1e12:.1f} TFLOP/s")
+        for w in workers:
+            print(f"MFU {w.name}: {w.flops / w.seconds / peak:.1%}")
 
 
 if __name__ == "__main__":

@@ -166,27 +166,6 @@ def test_bad_data_is_one_line_and_leaves_no_run_folder(
     assert not run.exists()
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared" / "bench" / "naive_cwgan.py").exists(), reason="needs ../shared/bench")
-def test_train_step_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "train_step.py"),
-        "--size",
-        "16",
-        "--batch",
-        "2",
-        "--n-critic",
-        "2",
-        "--rounds",
-        "1",
-        "--run-dir",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert re.search(r"ratio volgan/yardstick throughput: \d+\.\d\dx", proc.stdout)
-
-
 def test_dcgan_family_through_the_cli_with_meshes(tmp_path: Path, data_dir: Path) -> None:
     run, out = tmp_path / "run", tmp_path / "samples"
     dcgan = ["--set", "model.family=dcgan", "--set", "train.batch_size=3", "--steps", "2"]

@@ -143,6 +143,29 @@ class LogConfig(_Section):
     progress_bar: bool = True
 
 
+class PerfConfig(_Section):
+    """Speed switches. Every fast path computes the same mathematics as the plain one (tests compare
+    them); turn one off to measure it or to work around a platform."""
+
+    channels_last: bool = True
+    """channels_last_3d memory format for the models and batches (oneDNN / cuDNN's fast layout)."""
+    fused_norm: bool = True
+    """instance norm as one var_mean + one multiply-add (with the conditional scale/shift folded in)."""
+    subpixel_conv: bool = True
+    """the generator's last (one-channel) transposed conv as a 2³ conv + depth-to-space shuffle."""
+    dense_stem: bool = True
+    """the generator's first layer (a transposed conv on a 1³ input) as the dense layer it is."""
+    tune_allocator: bool = True
+    """CPU, glibc: keep freed memory in the heap instead of unmapping and re-faulting it every step."""
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    """CUDA only: bf16 autocast for the networks (auto = bf16 where the GPU supports it); the gradient
+    penalty's pass stays in float32."""
+    tf32: bool = True
+    """CUDA only: TensorFloat-32 matrix products and convolutions for the float32 parts."""
+    cudnn_benchmark: bool = True
+    """CUDA only: let cuDNN time its convolution algorithms once per shape and keep the fastest."""
+
+
 class Config(_Section):
     """The whole run configuration (the resolved form is saved in every run folder)."""
 
@@ -153,6 +176,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    perf: PerfConfig = Field(default_factory=PerfConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from volgan import checkpoint as ckpt
+from volgan import perf
+from volgan.config import PerfConfig
 from volgan.errors import VolganError
 from volgan.models import AnyGenerator, build_models
 
@@ -39,20 +41,25 @@ def generate(
     start: int = 0,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """labels: (N,) int64 -> volumes (N, S, S, S) float32 on the CPU, in [-1, 1].
 
     Volume ``j`` uses the latent of index ``start + j``. Every family's output range (Tanh's
-    [-1, 1], sigmoid's [0, 1]) is mapped to the data convention [-1, 1].
+    [-1, 1], sigmoid's [0, 1]) is mapped to the data convention [-1, 1]. ``autocast``: run the
+    generator under autocast to this dtype (bf16 on CUDA, see ``perf.autocast_dtype``).
     """
     generator.eval()
+    device = torch.device(device)
     latent_dim = int(generator.latent_dim)
     out = []
     for first in range(0, len(labels), batch_size):
         idx = range(start + first, start + min(first + batch_size, len(labels)))
         z = torch.stack([latent_for(seed, i, latent_dim) for i in idx]).to(device)
         y = labels[first : first + len(idx)].to(device)
-        out.append(generator(z, y)[:, 0].float().cpu())
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            volume = generator(z, y)
+        out.append(volume[:, 0].float().cpu())
     volumes = torch.cat(out) if out else torch.empty(0)
     lo, hi = generator.output_range
     return volumes if (lo, hi) == (-1.0, 1.0) else (volumes - lo) / (hi - lo) * 2 - 1
@@ -72,10 +79,16 @@ class LoadedGenerator:
     checkpoint: Path
     ema: bool
     threshold: float  # surface level for meshes, in [0, 1] occupancy units (data.threshold)
+    autocast: torch.dtype | None = None  # what ``generate`` should autocast to on this device
 
 
-def load_generator(where: str | Path, *, ema: bool = True, device: torch.device | str = "cpu") -> LoadedGenerator:
-    """Rebuild the generator of a checkpoint file, run folder (latest checkpoint) or ``.safetensors`` export."""
+def load_generator(
+    where: str | Path, *, ema: bool = True, device: torch.device | str = "cpu", perf_cfg: PerfConfig | None = None
+) -> LoadedGenerator:
+    """Rebuild the generator of a checkpoint file, run folder (latest checkpoint) or ``.safetensors`` export.
+
+    ``perf_cfg``: the speed switches for this machine (default: all fast paths), not the training run's.
+    """
     from volgan.training import config_from_checkpoint
 
     path = ckpt.resolve_checkpoint(where)
@@ -94,8 +107,12 @@ def load_generator(where: str | Path, *, ema: bool = True, device: torch.device 
             f"{path}: generator weights do not fit its config ({ckpt.describe_load_error(e)})"
         ) from None
     lo, hi = state["intensity_range"]
+    perf_cfg = perf_cfg or PerfConfig()
+    device = torch.device(device)
+    generator.to(device).eval()
+    perf.configure_models(perf_cfg, generator)
     return LoadedGenerator(
-        generator.to(device).eval(),
+        generator,
         list(state["class_names"]),
         int(state["num_classes"]),
         (float(lo), float(hi)),
@@ -107,6 +124,7 @@ def load_generator(where: str | Path, *, ema: bool = True, device: torch.device 
         path,
         ema,
         cfg.data.threshold,
+        perf.autocast_dtype(perf_cfg, device),
     )
 
 

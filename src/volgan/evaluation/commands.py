@@ -131,7 +131,7 @@ def _synthetic_from_checkpoint(args: argparse.Namespace, cfg: DataConfig, device
     vols, labels = [], []
     for k in range(loaded.num_classes):
         y = torch.full((args.n_per_class,), k, dtype=torch.long)
-        vols.append(as_loaded(generate(loaded.generator, y, args.seed, 0, 8, device).numpy(), cfg))
+        vols.append(as_loaded(generate(loaded.generator, y, args.seed, 0, 8, device, loaded.autocast).numpy(), cfg))
         labels.append(np.full(args.n_per_class, k))
     source = f"{loaded.checkpoint} (EMA, step {loaded.step}, {args.n_per_class} per class, seed {args.seed})"
     return Labelled(np.concatenate(vols), np.concatenate(labels), list(loaded.class_names), source)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from volgan.config import grid_stages
+from volgan.models.layers import StemConvTranspose3d, SubpixelConvTranspose3d
 from volgan.models.wgan_gp import stage_channels
 
 
@@ -65,13 +66,13 @@ class DCGANGenerator(nn.Module):
         cond_dim = embed_dim if num_classes else 0
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
         layers: list[nn.Module] = [
-            nn.ConvTranspose3d(latent_dim + cond_dim, chans[0], base, bias=False),
+            StemConvTranspose3d(latent_dim + cond_dim, chans[0], base, bias=False),
             nn.BatchNorm3d(chans[0]),
             nn.ReLU(inplace=True),
         ]
         for a, b in itertools.pairwise(chans):
             layers += [nn.ConvTranspose3d(a, b, 4, 2, 1, bias=False), nn.BatchNorm3d(b), nn.ReLU(inplace=True)]
-        layers += [nn.ConvTranspose3d(chans[-1], 1, 4, 2, 1)]
+        layers += [SubpixelConvTranspose3d(chans[-1], 1)]
         self.net = nn.Sequential(*layers)
         self.apply(init_dcgan_weights)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from volgan.config import grid_stages
+from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelConvTranspose3d
 
 
 def stage_channels(width: int, n_stages: int, max_channels: int) -> list[int]:
@@ -30,7 +31,7 @@ class ConditionalInstanceNorm3d(nn.Module):
     def __init__(self, channels: int, cond_dim: int) -> None:
         super().__init__()
         self.cond_dim = cond_dim
-        self.norm = nn.InstanceNorm3d(channels, affine=cond_dim == 0)
+        self.norm = InstanceNorm3d(channels, affine=cond_dim == 0)
         if cond_dim:
             self.to_scale_shift = nn.Linear(cond_dim, 2 * channels)
             nn.init.zeros_(self.to_scale_shift.weight)
@@ -38,12 +39,11 @@ class ConditionalInstanceNorm3d(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """x: (B, C, D, H, W); cond: (B, cond_dim) or None -> (B, C, D, H, W)."""
-        x = self.norm(x)
         if not self.cond_dim:
-            return x
+            return self.norm(x)
         assert cond is not None
-        scale, shift = self.to_scale_shift(cond).view(x.shape[0], 2, -1, 1, 1, 1).unbind(1)
-        return x * (1 + scale) + shift
+        scale, shift = self.to_scale_shift(cond).view(x.shape[0], 2, -1).unbind(1)
+        return self.norm(x, 1 + scale, shift)
 
 
 class _UpStage(nn.Module):
@@ -78,10 +78,10 @@ class Generator(nn.Module):
         cond_dim = embed_dim if num_classes else 0
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
         # A transposed conv with kernel `base` on a 1³ input is a dense layer to a base³ block.
-        self.stem = nn.ConvTranspose3d(latent_dim + cond_dim, chans[0], base, bias=False)
+        self.stem = StemConvTranspose3d(latent_dim + cond_dim, chans[0], base, bias=False)
         self.stem_norm = ConditionalInstanceNorm3d(chans[0], cond_dim)
         self.stages = nn.ModuleList(_UpStage(a, b, cond_dim) for a, b in itertools.pairwise(chans))
-        self.to_volume = nn.ConvTranspose3d(chans[-1], 1, 4, stride=2, padding=1)
+        self.to_volume = SubpixelConvTranspose3d(chans[-1], 1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, latent_dim); labels: (B,) int64 (ignored if unconditional) -> (B, 1, S, S, S)."""
@@ -123,7 +123,7 @@ class Critic(nn.Module):
         for a, b in itertools.pairwise(chans):
             layers += [
                 nn.Conv3d(a, b, 4, stride=2, padding=1, bias=False),
-                nn.InstanceNorm3d(b, affine=True),
+                InstanceNorm3d(b, affine=True),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         self.features = nn.Sequential(*layers)
