@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -244,8 +245,29 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train in this process, or as one rank of a torchrun job (RANK/WORLD_SIZE in the environment)."""
+    from volgan import distributed
+
+    ctx = distributed.env_context()
+    if not ctx.enabled:
+        return _train(args, ctx)
+    from volgan.device import resolve_device
+
+    cfg, _ = _resolve_train_config(args)
+    distributed.init(
+        ctx, distributed.rank_device(ctx, resolve_device(cfg.device)), cfg.dist.backend, cfg.dist.timeout_s
+    )
+    try:
+        with distributed.collective_errors(ctx):
+            return _train(args, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, ctx: Any) -> int:
     import yaml
 
+    from volgan import distributed
     from volgan.data.dataset import load_volumes
     from volgan.errors import ConfigError
     from volgan.runlock import check_unlocked
@@ -256,42 +278,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "no data: pass --data DIR (or set data.root in the config); try `volgan demo` for built-in data"
         )
-    if not args.dry_run:
+    if not args.dry_run and ctx.is_main:
         check_unlocked(Path(cfg.run_dir))  # before loading data; Trainer.fit takes the lock
     if resume_state is not None:  # a mismatch must not wait for (possibly minutes of) preprocessing
         from volgan import checkpoint as ckpt
         from volgan.training import check_compatible
 
         check_compatible(resume_state["config"], cfg, ckpt.resolve_checkpoint(args.resume))
-    data = load_volumes(cfg.data, progress=True)
+    # One process per machine fills the preprocessing cache; the others then read it.
+    if ctx.local_rank != 0:
+        distributed.barrier(ctx)
+    data = load_volumes(cfg.data, progress=ctx.is_main)
+    if ctx.local_rank == 0:
+        distributed.barrier(ctx)
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         print()
         print(data.summary())
         return 0
     run_dir = Path(cfg.run_dir)
-    trainer = Trainer(cfg, data, resume=args.resume, resume_state=resume_state)
-    handler = _log_to_file(run_dir)
+    trainer = Trainer(cfg, data, resume=args.resume, resume_state=resume_state, dist=ctx)
+    handler = _log_to_file(run_dir) if ctx.is_main else logging.NullHandler()
     try:
         result = trainer.fit()
     finally:  # a later command in the same process must not write into this run's log
         logging.getLogger("volgan").removeHandler(handler)
         handler.close()
-    print(f"run folder: {result.run_dir}\ncheckpoint: {result.checkpoint}\nfigures:    {result.run_dir / 'figures'}")
+    if ctx.is_main:
+        print(
+            f"run folder: {result.run_dir}\ncheckpoint: {result.checkpoint}\nfigures:    {result.run_dir / 'figures'}"
+        )
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from volgan import perf
+    from volgan import distributed, perf
     from volgan.config import PerfConfig
     from volgan.device import resolve_device
     from volgan.sampling import class_index, generate, load_generator, write_samples
 
     if args.n < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise VolganError("--n and --batch-size must be >= 1")
-    device = resolve_device(args.device)
+    ctx = distributed.env_context()  # under torchrun: each rank writes its share of the volumes
+    device = distributed.rank_device(ctx, resolve_device(args.device))
     perf.configure_backend(PerfConfig(), device)
     loaded = load_generator(args.checkpoint, ema=args.ema, device=device)
     if args.threshold is not None:
@@ -302,14 +333,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or max(1, min(64, 2**22 // loaded.size**3))
     all_classes = list(range(loaded.num_classes)) or [0]  # an unconditional model has one "class"
     classes = [class_index(loaded, k) for k in args.klass] if args.klass else all_classes
-    indices = list(range(args.start, args.start + args.n))
+    # The requested indices are cut into batches exactly as one process cuts them, and rank r of N
+    # takes batches r, r + N, ...: every batch is computed as it would be in one process, so the
+    # files are bit for bit those one process writes (volume i depends only on seed, i and class).
+    batches = [
+        range(i, min(i + batch_size, args.start + args.n)) for i in range(args.start, args.start + args.n, batch_size)
+    ]
     total = 0
     for k in classes:
-        labels = torch.full((args.n,), k, dtype=torch.long)
-        vols = generate(loaded.generator, labels, args.seed, args.start, batch_size, device, loaded.autocast).numpy()
-        total += len(write_samples(loaded, vols, [k] * args.n, indices, args.seed, args.out, args.format, args.mesh))
-    meshes = f" and {'/'.join(args.mesh)} meshes" if args.mesh else ""
-    print(f"wrote {total} volumes ({args.format}){meshes} and JSON sidecars to {args.out} (step {loaded.step})")
+        for idx in batches[ctx.rank :: ctx.world_size]:
+            labels = torch.full((len(idx),), k, dtype=torch.long)
+            vols = generate(loaded.generator, labels, args.seed, idx.start, batch_size, device, loaded.autocast)
+            written = write_samples(
+                loaded, vols.numpy(), [k] * len(idx), list(idx), args.seed, args.out, args.format, args.mesh
+            )
+            total += len(written)
+    if ctx.enabled:  # a count over all ranks, once every rank has finished writing
+        distributed.init(ctx, torch.device("cpu"), "gloo")
+        try:
+            with distributed.collective_errors(ctx):
+                total = round(distributed.mean(float(total), ctx, torch.device("cpu")) * ctx.world_size)
+        finally:
+            distributed.shutdown()
+    if ctx.is_main:
+        meshes = f" and {'/'.join(args.mesh)} meshes" if args.mesh else ""
+        print(f"wrote {total} volumes ({args.format}){meshes} and JSON sidecars to {args.out} (step {loaded.step})")
     return 0
 
 
@@ -386,16 +434,18 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Under torchrun every rank shares the terminal: rank 0 speaks, the others only warn, tagged.
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+    tag = f"[rank {rank}] " if rank is not None else ""
+    quiet = args.quiet or rank not in (None, "0")
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
+        level=logging.WARNING if quiet else logging.INFO, format=f"%(asctime)s {tag}%(message)s", datefmt="%H:%M:%S"
     )
-    logging.getLogger("volgan").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logging.getLogger("volgan").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except VolganError as e:
-        print(f"volgan: error: {e}", file=sys.stderr)
+        print(f"volgan: error: {tag}{e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("volgan: interrupted", file=sys.stderr)

@@ -166,6 +166,18 @@ class PerfConfig(_Section):
     """CUDA only: let cuDNN time its convolution algorithms once per shape and keep the fastest."""
 
 
+class DistConfig(_Section):
+    """Multi-process training under torchrun (ignored by a single process)."""
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """auto: NCCL when each process has a GPU, Gloo on CPUs."""
+    timeout_s: float = Field(600.0, gt=0)
+    """a collective that waits longer than this ends the job with an error naming the rank (no hang)."""
+    sync_batchnorm: bool = True
+    """dcgan: BatchNorm statistics over the whole global batch (SyncBatchNorm), so N processes compute
+    what one process computes; false keeps per-process statistics (cheaper, not equivalent)."""
+
+
 class Config(_Section):
     """The whole run configuration (the resolved form is saved in every run folder)."""
 
@@ -177,6 +189,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     perf: PerfConfig = Field(default_factory=PerfConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
 
     @model_validator(mode="before")
     @classmethod

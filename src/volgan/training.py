@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from volgan import checkpoint as ckpt
-from volgan import perf
+from volgan import distributed, perf
 from volgan.config import Config, build_config, save_config
 from volgan.data.dataset import VolumeSet
 from volgan.data.stream import BatchStream
@@ -94,13 +94,21 @@ class Trainer:
     """Owns the models, optimisers, EMA, data stream and RNG for one run folder."""
 
     def __init__(
-        self, cfg: Config, data: VolumeSet, *, resume: Path | None = None, resume_state: dict[str, Any] | None = None
+        self,
+        cfg: Config,
+        data: VolumeSet,
+        *,
+        resume: Path | None = None,
+        resume_state: dict[str, Any] | None = None,
+        dist: distributed.DistContext = distributed.SINGLE,
     ) -> None:
         """``resume``: a run folder or checkpoint file to continue; ``resume_state``: that checkpoint,
-        if the caller has already loaded it (so it is not read twice)."""
-        self.cfg, self.data = cfg, data
+        if the caller has already loaded it (so it is not read twice); ``dist``: this process's place
+        in a torchrun job (its process group must already be initialised)."""
+        self.cfg, self.data, self.dist = cfg, data, dist
         self.run_dir = Path(cfg.run_dir)
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.rank_device(dist, resolve_device(cfg.device))
+        self.rows = dist.rows(cfg.train.batch_size)  # this rank's share of every global batch
         self.num_classes = resolve_num_classes(cfg, data)
         torch.manual_seed(cfg.seed)
         # `discriminator` is the critic of the WGAN-GP or the discriminator of the DCGAN.
@@ -111,23 +119,31 @@ class Trainer:
         perf.configure_backend(cfg.perf, self.device)
         self.autocast = perf.autocast_dtype(cfg.perf, self.device)
         t = cfg.train
+        self.ema = EMA(self.generator, t.ema_decay)  # a copy of the plain generator: no collectives in it
+        if dist.enabled and cfg.model.family == "dcgan" and cfg.dist.sync_batchnorm:
+            for net in (self.generator, self.discriminator):  # in place: the parameters stay the same objects
+                distributed.convert_sync_batchnorm(net, self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=t.lr_g, betas=t.betas)
         self._d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
         self.opt_d = torch.optim.Adam(self._d_params, lr=t.lr_d, betas=t.betas)
-        self.ema = EMA(self.generator, t.ema_decay)
+        # Under torchrun both networks run inside DistributedDataParallel (gradients averaged over
+        # ranks); the discriminator's entry points are called by name through its forward.
+        self.g_call = distributed.wrap(self.generator, dist, self.device)
+        self.d_call = distributed.wrap(distributed.MethodCall(self.discriminator), dist, self.device)
         self.step = 0
         self.stream = BatchStream(len(data.labels), t.batch_size, cfg.seed)
         self._stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
-        check_unlocked(self.run_dir)  # refuse early; fit() takes the lock itself
+        if dist.is_main:  # only rank 0 touches the run folder
+            check_unlocked(self.run_dir)  # refuse early; fit() takes the lock itself
         if resume is not None:
             self._restore(resume, resume_state)
-        elif ckpt.list_checkpoints(self.run_dir):
+        elif dist.is_main and ckpt.list_checkpoints(self.run_dir):
             raise VolganError(
                 f"{self.run_dir}: run folder already holds checkpoints; "
                 f"pass --resume {self.run_dir} or choose another --run-dir"
             )
-        self._newest_seen = ckpt.newest_checkpoint(self.run_dir)
+        self._newest_seen = ckpt.newest_checkpoint(self.run_dir) if dist.is_main else None
 
     # -- checkpoint round trip -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -150,6 +166,17 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "rng": rng,
             "data_state": self.stream.state(),
+            "distributed": self.run_facts(),
+        }
+
+    def run_facts(self) -> dict[str, Any]:
+        """World size and batch split of this run (saved with every checkpoint and in the run folder)."""
+        b = self.cfg.train.batch_size
+        return {
+            "world_size": self.dist.world_size,
+            "global_batch": b,
+            "per_process_batch": b // self.dist.world_size,
+            "lr_scaling": "none (train.batch_size is the global batch; the update does not depend on the world size)",
         }
 
     def _restore(self, where: Path, state: dict[str, Any] | None = None) -> None:
@@ -197,10 +224,16 @@ class Trainer:
 
     # -- one generator iteration -----------------------------------------------------------
     def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.sort(self.stream.next())
+        """This rank's share of the next global batch: volumes (b, 1, S, S, S), labels (b,)."""
+        idx = np.sort(self.stream.next())[self.rows]
         x = torch.from_numpy(np.ascontiguousarray(self.data.volumes[idx], dtype=np.float32))
         y = torch.from_numpy(self.data.labels[idx].astype(np.int64))
         return perf.to_format(x.unsqueeze(1).to(self.device), self.cfg.perf), y.to(self.device)
+
+    def _draw(self, fn: Any, *shape: int) -> torch.Tensor:
+        """``fn`` (torch.randn / torch.rand) for the whole global batch, then this rank's rows: every
+        rank draws the same numbers, so N processes use what one process would."""
+        return fn(self.cfg.train.batch_size, *shape, device=self.device)[self.rows]
 
     def _amp(self) -> contextlib.AbstractContextManager[None]:
         """bf16 autocast for network passes on CUDA (perf.amp); a no-op in float32."""
@@ -209,7 +242,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast)
 
     def _check_finite(self, what: str, value: torch.Tensor) -> bool:
-        if bool(torch.isfinite(value)):
+        # one decision for all ranks: a rank that skipped its backward would leave the others waiting
+        if distributed.all_true(bool(torch.isfinite(value)), self.dist, self.device):
             return True
         if self.cfg.train.on_nonfinite == "skip":
             log.warning("step %d: %s is %s; update skipped", self.step + 1, what, value.item())
@@ -234,19 +268,17 @@ class Trainer:
             real, labels = self._real_batch()
             b = real.shape[0]
             with torch.no_grad(), self._amp():
-                fake = perf.to_format(
-                    g(torch.randn(b, g.latent_dim, device=self.device), labels).float(), self.cfg.perf
-                )
+                fake = perf.to_format(g(self._draw(torch.randn, g.latent_dim), labels).float(), self.cfg.perf)
             # InstanceNorm is per-sample, so one pass over real+fake equals two separate passes.
             with self._amp():
                 both = perf.to_format(torch.cat([real, fake]), self.cfg.perf)
-                scores, logits = d.score_and_logits(both, torch.cat([labels, labels]))
+                scores, logits = self.d_call("score_and_logits", both, torch.cat([labels, labels]))
             scores = scores.float()
             real_scores, fake_scores = scores[:b], scores[b:]
-            alpha = torch.rand(b, device=self.device)
+            alpha = self._draw(torch.rand)
             # The penalty's pass runs in float32 even under AMP: it differentiates the critic twice
             # and its target (a gradient norm of 1) is a precision-sensitive quantity.
-            gp = gradient_penalty(functools.partial(d, labels=labels), real, fake, alpha)
+            gp = gradient_penalty(functools.partial(self.d_call, "forward", labels=labels), real, fake, alpha)
             w_loss = critic_loss(real_scores, fake_scores)
             loss_d = w_loss + t.gp_weight * gp + t.drift_weight * drift_penalty(real_scores)
             if logits is not None:  # auxiliary classifier learns the classes from real volumes only
@@ -258,10 +290,10 @@ class Trainer:
                 loss_d.backward(inputs=self._d_params)
                 self.opt_d.step()
         assert labels is not None
-        z = torch.randn(labels.shape[0], g.latent_dim, device=self.device)
+        z = self._draw(torch.randn, g.latent_dim)
         d.requires_grad_(False)  # the generator step needs gradients through the critic, not for it
-        with self._amp():
-            fake_scores, logits = d.score_and_logits(perf.to_format(g(z, labels), self.cfg.perf), labels)
+        with self._amp():  # the critic is called directly: its frozen weights need no synchronising
+            fake_scores, logits = d.score_and_logits(perf.to_format(self.g_call(z, labels), self.cfg.perf), labels)
         d.requires_grad_(True)
         loss_g = generator_loss(fake_scores.float())
         if logits is not None:
@@ -274,28 +306,25 @@ class Trainer:
         t, g = self.cfg.train, self.generator
         real, labels = self._real_batch()
         real = (real + 1) / 2  # the data's [-1, 1] -> the sigmoid's [0, 1]
-        b = real.shape[0]
         sigma = self._instance_noise()
         with self._amp():
-            fake = g(torch.randn(b, g.latent_dim, device=self.device), labels)
-            real_logits, real_classes = d.logits_and_classes(_noisy(real, sigma), labels)
-            fake_logits = d.logits(_noisy(fake.detach(), sigma), labels)
-        targets = {
-            k: label_targets(b, k, real_label=t.real_label, noise=t.label_noise, flip=t.label_flip, device=self.device)
-            for k in (True, False)
-        }
+            fake = self.g_call(self._draw(torch.randn, g.latent_dim), labels)
+            real_logits, real_classes = self.d_call("logits_and_classes", self._noisy(real, sigma), labels)
+            fake_logits = self.d_call("logits", self._noisy(fake.detach(), sigma), labels)
+        targets = {k: self._targets(k) for k in (True, False)}
         loss_d = bce_discriminator_loss(real_logits, fake_logits, targets[True], targets[False])
         if real_classes is not None:  # the auxiliary classifier learns the classes from real volumes
             loss_d = loss_d + self.cfg.model.ac_weight * F.cross_entropy(real_classes.float(), labels)
         accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
+        accuracy = torch.tensor(distributed.mean(float(accuracy), self.dist, self.device))  # the global batch's
         update_d = float(accuracy) <= t.d_acc_threshold  # the 3D-GAN gate: let G catch up
         self.opt_d.zero_grad(set_to_none=True)
         if update_d and self._check_finite("discriminator loss", loss_d.detach()):
             loss_d.backward()
             self.opt_d.step()
         d.requires_grad_(False)
-        with self._amp():
-            fake_scores, fake_classes = d.logits_and_classes(_noisy(fake, sigma), labels)
+        with self._amp():  # called directly: the frozen discriminator's weights need no synchronising
+            fake_scores, fake_classes = d.logits_and_classes(self._noisy(fake, sigma), labels)
         loss_g = bce_generator_loss(fake_scores)
         if fake_classes is not None:  # ... and asks the generator for volumes of the requested class
             loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(fake_classes.float(), labels)
@@ -309,6 +338,18 @@ class Trainer:
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
             "d_updated": float(update_d),
         }
+
+    def _targets(self, real: bool) -> torch.Tensor:
+        """This rank's rows of the global batch's (soft, noisy, flipped) discriminator targets."""
+        t = self.cfg.train
+        targets = label_targets(
+            t.batch_size, real, real_label=t.real_label, noise=t.label_noise, flip=t.label_flip, device=self.device
+        )
+        return targets[self.rows]
+
+    def _noisy(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """x plus Gaussian instance noise of std ``sigma`` (drawn for the global batch, like every draw)."""
+        return x + sigma * self._draw(torch.randn, *x.shape[1:]).to(x.dtype) if sigma > 0 else x
 
     def _instance_noise(self) -> float:
         """Std of the noise on the discriminator's inputs at this step (Sønderby et al. 2016): real
@@ -390,9 +431,13 @@ class Trainer:
         """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps).
 
         The run folder's lock (``RUN/.lock``) is held throughout, so a second training pointed at
-        the same folder is refused; it is released however this returns or raises.
+        the same folder is refused; it is released however this returns or raises. Under torchrun
+        every rank trains; rank 0 alone holds the lock and writes the run folder.
         """
-        with RunLock(self.run_dir):
+        if not self.dist.is_main:
+            with distributed.collective_errors(self.dist):
+                return self._fit_locked(stop_after)
+        with RunLock(self.run_dir), distributed.collective_errors(self.dist):
             self._check_no_new_checkpoints()
             # temp files of checkpoint writes a killed run never finished: nobody else can be writing now
             for stale in ckpt.checkpoint_dir(self.run_dir).glob(".step_*.tmp"):
@@ -409,10 +454,18 @@ class Trainer:
             )
 
     def _fit_locked(self, stop_after: int | None) -> TrainResult:
-        cfg, every = self.cfg, self.cfg.log
+        cfg, every, main = self.cfg, self.cfg.log, self.dist.is_main
         self._stop_signal = None  # a signal that stopped an earlier fit() does not stop this one
-        save_config(cfg, self.run_dir / "config.yaml")
-        (self.run_dir / "class_to_idx.json").write_text(json.dumps(self.data.class_to_idx, indent=2))
+        if main:
+            save_config(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "class_to_idx.json").write_text(json.dumps(self.data.class_to_idx, indent=2))
+            (self.run_dir / "distributed.json").write_text(json.dumps(self.run_facts(), indent=2))
+        log.info(
+            "world size %d: global batch %d, %d per process; learning rates not scaled",
+            self.dist.world_size,
+            cfg.train.batch_size,
+            cfg.train.batch_size // self.dist.world_size,
+        )
         log.info(
             "%s on %s | %d volumes, %d classes | generator %.2fM, discriminator %.2fM parameters",
             cfg.model.family,
@@ -423,38 +476,50 @@ class Trainer:
             count_parameters(self.discriminator) / 1e6,
         )
         target = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
-        logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar)
+        logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar) if main else None
         old_handlers = self._install_signal_handlers()
         start, last_log, saved_at = time.perf_counter(), time.perf_counter(), self.step
         log_start_step, epoch, epoch_values = self.step, self.stream.epoch, []
         try:
-            while self.step < target and self._stop_signal is None:
+            while self.step < target:
                 values = self.train_step()
-                logger.advance()
+                if self.step % every.every == 0 or self.step == target:  # the same steps on every rank
+                    values = distributed.mean_values(values, self.dist, self.device)
                 epoch_values.append(values)
-                if self.stream.epoch != epoch:  # per-epoch means for TensorBoard
-                    logger.epoch_scalars(epoch, epoch_values)
+                if logger is not None:
+                    logger.advance()
+                    if self.stream.epoch != epoch:  # per-epoch means for TensorBoard
+                        logger.epoch_scalars(epoch, epoch_values)
+                    if self.step % every.every == 0 or self.step == target:
+                        now = time.perf_counter()
+                        values["sec_per_step"] = (now - last_log) / max(1, self.step - log_start_step)
+                        last_log, log_start_step = now, self.step
+                        logger.scalars(self.step, values)
+                    if self.step % every.image_every == 0:
+                        self._log_images(logger)
+                    if self.step % every.checkpoint_every == 0:
+                        self.save()
+                        saved_at = self.step
+                if self.stream.epoch != epoch:
                     epoch, epoch_values = self.stream.epoch, []
-                if self.step % every.every == 0 or self.step == target:
-                    now = time.perf_counter()
-                    values["sec_per_step"] = (now - last_log) / max(1, self.step - log_start_step)
-                    last_log, log_start_step = now, self.step
-                    logger.scalars(self.step, values)
-                if self.step % every.image_every == 0:
-                    self._log_images(logger)
-                if self.step % every.checkpoint_every == 0:
-                    self.save()
-                    saved_at = self.step
-                if cfg.train.max_minutes and time.perf_counter() - start > 60 * cfg.train.max_minutes:
-                    log.info("time budget of %.1f min reached at step %d", cfg.train.max_minutes, self.step)
+                over_budget = bool(cfg.train.max_minutes and time.perf_counter() - start > 60 * cfg.train.max_minutes)
+                # every rank stops at the same step, whichever rank got the signal or ran out of time
+                if distributed.any_true(over_budget or self._stop_signal is not None, self.dist, self.device):
+                    if over_budget:
+                        log.info("time budget of %.1f min reached at step %d", cfg.train.max_minutes, self.step)
+                    elif self._stop_signal is None:
+                        self._stop_signal = signal.SIGTERM  # another rank was signalled
                     break
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-            logger.close()
-        if self.step != saved_at or self.last_checkpoint is None:
-            self.save()
-        self._write_figures()
+            if logger is not None:
+                logger.close()
+        if main:
+            if self.step != saved_at or self.last_checkpoint is None:
+                self.save()
+            self._write_figures()
+        distributed.barrier(self.dist)  # no rank leaves before rank 0's checkpoint is written
         interrupted = self._stop_signal is not None
         log.info(
             "%s at step %d; checkpoint %s",
@@ -463,10 +528,6 @@ class Trainer:
             self.last_checkpoint,
         )
         return TrainResult(self.run_dir, self.step, self.last_checkpoint, interrupted)
-
-
-def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return x + sigma * torch.randn_like(x) if sigma > 0 else x
 
 
 def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
