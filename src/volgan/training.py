@@ -32,6 +32,7 @@ from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
 from volgan.ema import EMA
 from volgan.errors import CheckpointError, VolganError
+from volgan.figures import log_preview_images, write_run_figures
 from volgan.losses import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -393,39 +394,9 @@ class Trainer:
         return out
 
     @property
-    def is_occupancy(self) -> bool:
-        """DCGAN runs are treated as occupancy/surface data: they also get surface renders."""
-        return self.cfg.model.family == "dcgan"
-
-    def _log_images(self, logger: RunLogger) -> None:
-        from volgan.figures import slice_montage
-
-        for name, vols in self.preview().items():
-            logger.image(f"samples/{name}", slice_montage(vols), self.step)
-            if self.is_occupancy:
-                from volgan.render import render_surface
-
-                level = 2 * self.cfg.data.threshold - 1  # threshold is given in [0, 1] occupancy units
-                logger.image(f"renders/{name}", np.concatenate([render_surface(v, level) for v in vols], 1), self.step)
-
-    def _write_figures(self) -> None:
-        from volgan.figures import save_loss_curves, save_sample_grid
-        from volgan.runlog import read_stats
-
-        figures = self.run_dir / "figures"
-        samples = self.preview()
-        save_sample_grid(samples, figures / "samples.png", title=f"EMA generator, step {self.step}")
-        keys = (
-            ("loss_d", "loss_g", "d_acc", "d_real", "d_fake")
-            if self.is_occupancy
-            else ("loss_d", "loss_g", "gp", "w_dist")
-        )
-        save_loss_curves(read_stats(self.run_dir), figures / "losses.png", keys=keys)
-        if self.is_occupancy:
-            from volgan.render import save_render_grid
-
-            level = 2 * self.cfg.data.threshold - 1
-            save_render_grid(samples, figures / "renders.png", level=level, title=f"EMA generator, step {self.step}")
+    def surface_level(self) -> float | None:
+        """DCGAN runs are occupancy/surface data: they also get surface renders, at this level in [-1, 1]."""
+        return 2 * self.cfg.data.threshold - 1 if self.cfg.model.family == "dcgan" else None
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
         """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps).
@@ -496,7 +467,7 @@ class Trainer:
                         last_log, log_start_step = now, self.step
                         logger.scalars(self.step, values)
                     if self.step % every.image_every == 0:
-                        self._log_images(logger)
+                        log_preview_images(logger, self.preview(), self.step, self.surface_level)
                     if self.step % every.checkpoint_every == 0:
                         self.save()
                         saved_at = self.step
@@ -518,7 +489,7 @@ class Trainer:
         if main:
             if self.step != saved_at or self.last_checkpoint is None:
                 self.save()
-            self._write_figures()
+            write_run_figures(self.run_dir, self.preview(), self.step, self.surface_level)
         distributed.barrier(self.dist)  # no rank leaves before rank 0's checkpoint is written
         interrupted = self._stop_signal is not None
         log.info(
