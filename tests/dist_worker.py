@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--fault", choices=["none", "exit", "hang"], default="none")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--no-sync-bn", action="store_true", help="dcgan: per-process BatchNorm statistics")
+    ap.add_argument("--augment", action="store_true", help="differentiable augmentation, adaptive, p 0.5")
     a = ap.parse_args()
 
     ctx = distributed.env_context()
@@ -57,6 +58,7 @@ def main() -> int:
             "train": {"batch_size": a.batch, **spec["train"]},
             "log": {"progress_bar": False},
             "dist": {"timeout_s": a.timeout, "sync_batchnorm": not a.no_sync_bn},
+            "augment": {"enabled": a.augment, "p": 0.5, "interval": 1},
         }
     )
     rng = np.random.default_rng(0)

@@ -54,8 +54,12 @@ def assert_same(one: dict, many: dict, rtol: float, atol: float) -> None:
         for kind in ("params", "grads"):
             assert one[net][kind].keys() == many[net][kind].keys()
             assert one[net][kind], f"no {kind} for the {net}"
+            # Adam divides each gradient by its own running scale, so a weight whose gradient is ~0
+            # moves by up to a learning rate either way on float32 rounding: weights get 1e-5
+            # absolute (under 1 % of one DCGAN step, 2.5e-3), gradients the tolerance given.
+            tol = {"rtol": rtol, "atol": max(atol, 1e-5)} if kind == "params" else {"rtol": rtol, "atol": atol}
             for key, value in one[net][kind].items():
-                torch.testing.assert_close(many[net][kind][key], value, rtol=rtol, atol=atol, msg=f"{net} {kind} {key}")
+                torch.testing.assert_close(many[net][kind][key], value, **tol, msg=f"{net} {kind} {key}")
 
 
 # Tolerance: the two processes sum the same numbers in another order (two half-batch means, then
@@ -78,6 +82,15 @@ def test_dcgan_steps_with_sync_batchnorm_equal_one_process_and_differ_without(tm
     unsynced = run_worker(tmp_path, "unsynced", "--family", "dcgan", "--steps", "2", "--no-sync-bn", procs=2)
     with pytest.raises(AssertionError):  # per-process statistics are a different computation
         assert_same(one, unsynced, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])
+def test_augmented_steps_on_two_processes_equal_one_process(tmp_path: Path, family: str) -> None:
+    """Augmentation parameters are drawn for the global batch, and p adapts from all ranks' signal."""
+    args = ("--family", family, "--steps", "2", "--augment")
+    one = run_worker(tmp_path, "one", *args, procs=1)
+    two = run_worker(tmp_path, "two", *args, procs=2)
+    assert_same(one, two, RTOL, ATOL)
 
 
 @pytest.mark.parametrize("fault", ["exit", "hang"])

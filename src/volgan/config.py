@@ -166,6 +166,44 @@ class PerfConfig(_Section):
     """CUDA only: let cuDNN time its convolution algorithms once per shape and keep the fastest."""
 
 
+class AugmentConfig(_Section):
+    """3D differentiable augmentation of every critic/discriminator input (real and fake alike)."""
+
+    enabled: bool = False
+    p: float = Field(0.2, ge=0, le=1)
+    """probability of each operation per volume: fixed, or the starting value when adaptive."""
+    adaptive: bool = True
+    """ADA: steer p from the overfitting signal (reals scored above their paired fakes / positive)."""
+    target: float = Field(0.6, ge=-1, le=1)
+    """signal level p is steered to: raise p above it, lower p below it."""
+    speed: float = Field(0.01, gt=0, le=1)
+    """change of p per adjustment."""
+    interval: int = Field(4, ge=1)
+    """generator steps between adjustments (the signal is averaged over them)."""
+    p_max: float = Field(0.8, ge=0, le=1)
+    flip: tuple[bool, bool, bool] = (True, False, False)
+    """flip along each grid axis (after reorientation to data.orientation: axis 0 is left-right in RAS);
+    enable only the axes along which a flipped volume is still plausible."""
+    translate: float = Field(0.125, ge=0, le=0.5)
+    """integer shift of up to this fraction of each axis."""
+    subvoxel: float = Field(0.5, ge=0, le=4)
+    """sub-voxel shift of up to this many voxels (part of the affine resampling)."""
+    rotate_deg: float = Field(5.0, ge=0, le=45)
+    """rotation of up to this many degrees about each axis."""
+    scale: float = Field(0.05, ge=0, le=0.5)
+    """isotropic scaling by a factor in [1/(1+s), 1+s]."""
+    cutout: float = Field(0.25, ge=0, le=1)
+    """side of the cube set to the background, as a fraction of each axis."""
+    brightness: float = Field(0.1, ge=0, le=1)
+    """additive shift of up to this fraction of the value range."""
+    contrast: float = Field(0.2, ge=0, le=1)
+    """scaling about the volume's mean by a factor in [1/(1+c), 1+c]."""
+    gamma: float = Field(0.2, ge=0, le=1)
+    """gamma exponent in [1/(1+g), 1+g] on the value range mapped to [0, 1]."""
+    noise: float = Field(0.02, ge=0, le=1)
+    """Gaussian noise with a standard deviation of up to this fraction of the value range."""
+
+
 class DistConfig(_Section):
     """Multi-process training under torchrun (ignored by a single process)."""
 
@@ -188,6 +226,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     perf: PerfConfig = Field(default_factory=PerfConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
 

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from volgan import checkpoint as ckpt
 from volgan import distributed, perf
+from volgan.augment import AdaptiveP, DiffAugment3d
 from volgan.config import Config, build_config, save_config
 from volgan.data.dataset import VolumeSet
 from volgan.data.stream import BatchStream
@@ -131,6 +132,10 @@ class Trainer:
         # ranks); the discriminator's entry points are called by name through its forward.
         self.g_call = distributed.wrap(self.generator, dist, self.device)
         self.d_call = distributed.wrap(distributed.MethodCall(self.discriminator), dist, self.device)
+        a = cfg.augment
+        value_range = (0.0, 1.0) if cfg.model.family == "dcgan" else (-1.0, 1.0)  # what the discriminator sees
+        self.augment = DiffAugment3d(a, value_range) if a.enabled else None
+        self.ada = AdaptiveP(a) if a.enabled and a.adaptive else None
         self.step = 0
         self.stream = BatchStream(len(data.labels), t.batch_size, cfg.seed)
         self._stop_signal: int | None = None
@@ -168,7 +173,13 @@ class Trainer:
             "rng": rng,
             "data_state": self.stream.state(),
             "distributed": self.run_facts(),
+            "augment": self._augment_state(),
         }
+
+    def _augment_state(self) -> dict[str, Any]:
+        if self.augment is None:
+            return {}
+        return {"p": self.augment.p, **(self.ada.state() if self.ada is not None else {})}
 
     def run_facts(self) -> dict[str, Any]:
         """World size and batch split of this run (saved with every checkpoint and in the run folder)."""
@@ -198,6 +209,11 @@ class Trainer:
             self.opt_d.load_state_dict(state["opt_d"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: weights do not fit this model ({ckpt.describe_load_error(e)})") from None
+        augment_state = state.get("augment") or {}
+        if self.augment is not None and "p" in augment_state:  # a run without augmentation restarts it at p
+            self.augment.p = float(augment_state["p"])
+            if self.ada is not None and "total" in augment_state:
+                self.ada.load(augment_state)
         self.ema.updates = int(state["ema_updates"])
         self.ema.mark_calibrated()
         self.step = int(state["step"])
@@ -259,7 +275,19 @@ class Trainer:
         d = self.discriminator
         values = self._critic_step(d) if isinstance(d, Critic) else self._dcgan_step(d)
         self.step += 1
+        if self.augment is not None:
+            if self.ada is not None and self.ada.due(self.step):
+                total = distributed.mean(self.ada.total, self.dist, self.device) * self.dist.world_size
+                count = distributed.mean(float(self.ada.count), self.dist, self.device) * self.dist.world_size
+                self.augment.p = self.ada.update(self.augment.p, total, count)
+            values["aug_p"] = self.augment.p
+            if self.ada is not None:
+                values["aug_signal"] = self.ada.last_signal
         return values
+
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        """What the critic/discriminator sees of a batch: x augmented (augment.enabled), else x."""
+        return x if self.augment is None else self.augment(x, self._draw)
 
     def _critic_step(self, d: Critic) -> dict[str, float]:
         """WGAN-GP: n_critic critic updates, then one generator update."""
@@ -270,6 +298,9 @@ class Trainer:
             b = real.shape[0]
             with torch.no_grad(), self._amp():
                 fake = perf.to_format(g(self._draw(torch.randn, g.latent_dim), labels).float(), self.cfg.perf)
+            # The critic sees augmented volumes only (augment.enabled); the penalty below is taken on
+            # interpolates of exactly these augmented reals and fakes, i.e. where the critic is used.
+            real, fake = self._aug(real), self._aug(fake)
             # InstanceNorm is per-sample, so one pass over real+fake equals two separate passes.
             with self._amp():
                 both = perf.to_format(torch.cat([real, fake]), self.cfg.perf)
@@ -284,6 +315,8 @@ class Trainer:
             loss_d = w_loss + t.gp_weight * gp + t.drift_weight * drift_penalty(real_scores)
             if logits is not None:  # auxiliary classifier learns the classes from real volumes only
                 loss_d = loss_d + self.cfg.model.ac_weight * F.cross_entropy(logits[:b].float(), labels)
+            if self.ada is not None:  # overfitting signal: reals scored above the fake they are paired with
+                self.ada.observe(torch.sign(real_scores.detach() - fake_scores.detach()))
             self.opt_d.zero_grad(set_to_none=True)
             if self._check_finite("critic loss", loss_d.detach()):
                 # inputs=: only the critic's weights; the penalty's graph also reaches the interpolated
@@ -294,7 +327,8 @@ class Trainer:
         z = self._draw(torch.randn, g.latent_dim)
         d.requires_grad_(False)  # the generator step needs gradients through the critic, not for it
         with self._amp():  # the critic is called directly: its frozen weights need no synchronising
-            fake_scores, logits = d.score_and_logits(perf.to_format(self.g_call(z, labels), self.cfg.perf), labels)
+            fake = perf.to_format(self._aug(self.g_call(z, labels)), self.cfg.perf)
+            fake_scores, logits = d.score_and_logits(fake, labels)
         d.requires_grad_(True)
         loss_g = generator_loss(fake_scores.float())
         if logits is not None:
@@ -310,8 +344,10 @@ class Trainer:
         sigma = self._instance_noise()
         with self._amp():
             fake = self.g_call(self._draw(torch.randn, g.latent_dim), labels)
-            real_logits, real_classes = self.d_call("logits_and_classes", self._noisy(real, sigma), labels)
-            fake_logits = self.d_call("logits", self._noisy(fake.detach(), sigma), labels)
+            real_logits, real_classes = self.d_call("logits_and_classes", self._aug(self._noisy(real, sigma)), labels)
+            fake_logits = self.d_call("logits", self._aug(self._noisy(fake.detach(), sigma)), labels)
+        if self.ada is not None:  # ADA's overfitting signal: the sign of D on reals
+            self.ada.observe(torch.sign(real_logits.detach().float()))
         targets = {k: self._targets(k) for k in (True, False)}
         loss_d = bce_discriminator_loss(real_logits, fake_logits, targets[True], targets[False])
         if real_classes is not None:  # the auxiliary classifier learns the classes from real volumes
@@ -325,7 +361,7 @@ class Trainer:
             self.opt_d.step()
         d.requires_grad_(False)
         with self._amp():  # called directly: the frozen discriminator's weights need no synchronising
-            fake_scores, fake_classes = d.logits_and_classes(self._noisy(fake, sigma), labels)
+            fake_scores, fake_classes = d.logits_and_classes(self._aug(self._noisy(fake, sigma)), labels)
         loss_g = bce_generator_loss(fake_scores)
         if fake_classes is not None:  # ... and asks the generator for volumes of the requested class
             loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(fake_classes.float(), labels)
