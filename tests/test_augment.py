@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config, tiny_data
 from volgan.augment import AdaptiveP, DiffAugment3d, affine, cutout, flip, rotation_matrices, translate
-from volgan.config import AugmentConfig, build_config
-from volgan.data.volume_set import VolumeSet
+from volgan.config import AugmentConfig
 from volgan.losses import gradient_penalty
 from volgan.training import Trainer
 
@@ -161,20 +161,9 @@ def test_penalty_is_taken_on_interpolates_of_the_augmented_volumes() -> None:
 
 
 def _trainer(tmp_path: Path, family: str, augment: dict) -> Trainer:
-    rng = np.random.default_rng(0)
-    data = VolumeSet.from_arrays(rng.uniform(-1, 1, (6, 16, 16, 16)).astype(np.float32), np.arange(6) % 2, ["a", "b"])
-    cfg = build_config(
-        {
-            "device": "cpu",
-            "run_dir": str(tmp_path / family),
-            "data": {"size": 16},
-            "model": {"family": family, "ngf": 4, "ndf": 4, "latent_dim": 8, "embed_dim": 4},
-            "train": {"batch_size": 2, "n_critic": 2},
-            "log": {"progress_bar": False},
-            "augment": augment,
-        }
-    )
-    return Trainer(cfg, data)
+    model = {"family": family}
+    cfg = tiny_config(tmp_path / family, model=model, train={"batch_size": 2}, augment=augment)
+    return Trainer(cfg, tiny_data(6))
 
 
 @pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import tiny_config, tiny_data
 from volgan import perf
 from volgan.config import PerfConfig, build_config
-from volgan.data.volume_set import VolumeSet
 from volgan.losses import gradient_penalty
 from volgan.models import build_models
 from volgan.models.layers import (
@@ -173,20 +173,7 @@ def test_dcgan_output_layer_has_the_subpixel_fast_path() -> None:
 
 
 def _trainer(tmp_path: Path, name: str, perf_cfg: dict[str, bool]) -> Trainer:
-    rng = np.random.default_rng(0)
-    data = VolumeSet.from_arrays(rng.uniform(-1, 1, (6, 16, 16, 16)).astype(np.float32), np.arange(6) % 2, ["a", "b"])
-    cfg = build_config(
-        {
-            "device": "cpu",
-            "run_dir": str(tmp_path / name),
-            "data": {"size": 16},
-            "model": {"ngf": 4, "ndf": 4, "latent_dim": 8, "embed_dim": 4},
-            "train": {"batch_size": 2, "n_critic": 2},
-            "log": {"progress_bar": False},
-            "perf": perf_cfg,
-        }
-    )
-    return Trainer(cfg, data)
+    return Trainer(tiny_config(tmp_path / name, train={"batch_size": 2}, perf=perf_cfg), tiny_data(6))
 
 
 def test_a_training_step_is_the_same_with_and_without_fast_paths(tmp_path: Path) -> None:
