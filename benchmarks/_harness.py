@@ -30,6 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 HERE = Path(__file__).resolve().parent
+# the perf.* switches --ablation turns off one at a time (the CUDA-only ones change nothing on a CPU)
+SWITCHES = ("channels_last", "fused_norm", "subpixel_conv", "dense_stem", "tune_allocator")
 DEFAULT_YARDSTICK = HERE.parents[1] / "shared" / "bench" / "naive_cwgan.py"
 
 

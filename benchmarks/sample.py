@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import DEFAULT_YARDSTICK, Contender, Worker, load_yardstick, machine_line, race, table
-
-SWITCHES = ("channels_last", "fused_norm", "subpixel_conv", "dense_stem", "tune_allocator")
+from _harness import DEFAULT_YARDSTICK, SWITCHES, Contender, Worker, load_yardstick, machine_line, race, table
 
 
 def yardstick(size: int, batch: int, classes: int, device: str, path: str) -> Contender:

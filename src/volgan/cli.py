@@ -12,10 +12,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volgan import __version__
 from volgan.errors import VolganError
+
+if TYPE_CHECKING:
+    from volgan.distributed import DistContext
 
 log = logging.getLogger("volgan")
 
@@ -264,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.shutdown()
 
 
-def _train(args: argparse.Namespace, ctx: Any) -> int:
+def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     import yaml
 
     from volgan import distributed

@@ -150,7 +150,8 @@ class PerfConfig(_Section):
     channels_last: bool = True
     """channels_last_3d memory format for the models and batches (oneDNN / cuDNN's fast layout)."""
     fused_norm: bool = True
-    """instance norm as one var_mean + one multiply-add (with the conditional scale/shift folded in)."""
+    """instance norm: moments from one matrix product, then one multiply-add with the affine and the
+    conditional scale/shift folded in."""
     subpixel_conv: bool = True
     """the generator's last (one-channel) transposed conv as a 2³ conv + depth-to-space shuffle."""
     dense_stem: bool = True

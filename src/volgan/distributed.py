@@ -264,8 +264,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
                 child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
             )
             sync.load_state_dict(child.state_dict())
-            sync.to(device=next(child.parameters(), torch.empty(0, device=device)).device)
-            setattr(module, name, sync)
+            setattr(module, name, sync.to(device))
         else:
             convert_sync_batchnorm(child, device)
     return module

@@ -123,7 +123,7 @@ class Trainer:
         t = cfg.train
         self.ema = EMA(self.generator, t.ema_decay)  # a copy of the plain generator: no collectives in it
         if dist.enabled and cfg.model.family == "dcgan" and cfg.dist.sync_batchnorm:
-            for net in (self.generator, self.discriminator):  # in place: the parameters stay the same objects
+            for net in (self.generator, self.discriminator):  # replaces the layers inside, before the optimisers exist
                 distributed.convert_sync_batchnorm(net, self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=t.lr_g, betas=t.betas)
         self._d_params = [p for p in self.discriminator.parameters() if p.requires_grad]

@@ -4,8 +4,8 @@ Each module here is a drop-in subclass of the stock layer with one switch, ``fas
 ``volgan.perf.configure_models`` sets it from ``perf.*``). With the switch off it runs the stock
 PyTorch forward, which is what the equivalence tests compare against.
 
-* :class:`InstanceNorm3d` — the statistics from one ``var_mean`` and the normalisation, the affine
-  and (in :func:`instance_norm`) a conditional scale/shift folded into one multiply-add. PyTorch's own
+* :class:`InstanceNorm3d` — the statistics from one matrix product (:func:`channel_moments`) and the
+  normalisation, the affine and a conditional scale/shift folded into one multiply-add. PyTorch's own
   instance norm reshapes to a batch norm, which copies a channels-last tensor twice per call.
 * :class:`SubpixelConvTranspose3d` — a stride-2, kernel-4 transposed convolution computed as an
   ordinary 2³ convolution with 8× the output channels, followed by a depth-to-space shuffle
