@@ -65,17 +65,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--ablation", action="store_true", help="also run volgan with each perf switch off, and all off")
-    ap.add_argument("--yardstick", type=Path, default=DEFAULT_YARDSTICK)
+    ap.add_argument(
+        "--yardstick",
+        default=str(DEFAULT_YARDSTICK),
+        help="path of naive_cwgan.py, or 'none' to compare volgan's variants only (ratios to the first row)",
+    )
     a = ap.parse_args()
-    if not a.yardstick.exists():
-        raise SystemExit(f"yardstick not found: {a.yardstick} (pass --yardstick)")
+    with_yardstick = a.yardstick != "none"
+    if with_yardstick and not Path(a.yardstick).exists():
+        raise SystemExit(f"yardstick not found: {a.yardstick} (pass --yardstick PATH, or --yardstick none)")
 
     shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "device": a.device}
     variants: list[tuple[str, dict[str, Any]]] = [("volgan", {})]
     if a.ablation:
         variants += [(f"volgan, {s}=off", {s: False}) for s in SWITCHES]
         variants += [("volgan, all perf off", dict.fromkeys(SWITCHES, False))]
-    workers = [Worker("yardstick", "sample:yardstick", **shape, path=str(a.yardstick))]
+    workers = [Worker("yardstick", "sample:yardstick", **shape, path=a.yardstick)] if with_yardstick else []
     workers += [Worker(name, "sample:volgan", **shape, perf=perf) for name, perf in variants]
     race(workers, a.rounds)
     print(f"sampling, {a.size}³, batch {a.batch}, {a.classes} classes, ngf 32")

@@ -93,17 +93,22 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--ablation", action="store_true", help="also run volgan with each perf switch off, and all off")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra round each)")
-    ap.add_argument("--yardstick", type=Path, default=DEFAULT_YARDSTICK)
+    ap.add_argument(
+        "--yardstick",
+        default=str(DEFAULT_YARDSTICK),
+        help="path of naive_cwgan.py, or 'none' to compare volgan's variants only (ratios to the first row)",
+    )
     a = ap.parse_args()
-    if not a.yardstick.exists():
-        raise SystemExit(f"yardstick not found: {a.yardstick} (pass --yardstick)")
+    with_yardstick = a.yardstick != "none"
+    if with_yardstick and not Path(a.yardstick).exists():
+        raise SystemExit(f"yardstick not found: {a.yardstick} (pass --yardstick PATH, or --yardstick none)")
 
     shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "n_critic": a.n_critic, "device": a.device}
     variants: list[tuple[str, dict[str, Any]]] = [("volgan", {})]
     if a.ablation:
         variants += [(f"volgan, {s}=off", {s: False}) for s in SWITCHES]
         variants += [("volgan, all perf off", dict.fromkeys(SWITCHES, False))]
-    workers = [Worker("yardstick", "train_step:yardstick", **shape, path=str(a.yardstick))]
+    workers = [Worker("yardstick", "train_step:yardstick", **shape, path=a.yardstick)] if with_yardstick else []
     workers += [Worker(name, "train_step:volgan", **shape, perf=perf) for name, perf in variants]
     race(workers, a.rounds, count_flops=not a.no_flops)
 
