@@ -123,6 +123,8 @@ def test_torchrun_cli_trains_checkpoints_and_samples_the_files_one_process_write
     facts = (run / "distributed.json").read_text()
     assert '"world_size": 2' in facts and '"per_process_batch": 2' in facts
     assert "world size 2: global batch 4, 2 per process" in (run / "train.log").read_text()
+    config = (run / "config.yaml").read_text()
+    assert "# world_size: 2\n" in config and "# per_process_batch: 2\n" in config and "# lr_scaling: none" in config
     many, one = tmp_path / "many", tmp_path / "one"
     # batches of 2: [0, 1] [2, 3] [4] per class, rank 0 takes the first and third, rank 1 the second
     args = ["sample", "--checkpoint", str(run), "--n", "5", "--batch-size", "2", "--format", "npy", "--seed", "7"]

@@ -373,5 +373,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(data, label)
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: Config, path: Path, facts: dict[str, Any] | None = None) -> None:
+    """The resolved config as YAML; ``facts`` (how the run was launched) follow as comment lines, so
+    the file still loads as a config."""
+    notes = "".join(f"# {key}: {value}\n" for key, value in (facts or {}).items())
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False) + notes)

@@ -214,11 +214,28 @@ def wrap(module: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module
     )
 
 
+class _GatherRanks(torch.autograd.Function):
+    """Stack every rank's tensor (world, *shape); the backward hands each rank the sum over ranks of
+    the gradient for its own slice. Synchronous ``all_gather``/``all_reduce``: no work outlives a step."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
 class SyncBatchNorm3d(nn.BatchNorm3d):
     """BatchNorm3d whose training statistics span the whole global batch, on any backend.
 
     ``torch.nn.SyncBatchNorm`` (used on CUDA) refuses CPU tensors; this one gathers each rank's
-    per-channel (count, mean, variance) with torch's differentiable functional all-gather
+    per-channel (count, mean, variance) with a differentiable all-gather
     and combines them with the parallel-variance formula, so forward and backward equal those of
     one BatchNorm3d over the concatenated batch. Same parameters and buffers as BatchNorm3d.
     """
@@ -227,16 +244,10 @@ class SyncBatchNorm3d(nn.BatchNorm3d):
         """x: (B, C, D, H, W) -> (B, C, D, H, W)."""
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed._functional_collectives import all_gather_single_autograd
-
         var, mean = torch.var_mean(x, dim=(0, 2, 3, 4), correction=0)
         count = torch.full_like(mean, x.numel() / x.shape[1])
-        world = dist.get_world_size()
-        local = torch.stack([count, mean, var]).unsqueeze(0)  # (1, 3, C)
-        group = dist.group.WORLD
-        assert group is not None  # initialised: checked above
-        stats = all_gather_single_autograd(local, 0, group)  # (world, 3, C), gradients flow back
-        counts, means, variances = stats.view(world, 3, -1).unbind(1)
+        stats = _GatherRanks.apply(torch.stack([count, mean, var]))  # (world, 3, C), gradients flow back
+        counts, means, variances = stats.unbind(1)
         total = counts.sum(0)
         g_mean = (counts * means).sum(0) / total
         g_var = (counts * (variances + (means - g_mean) ** 2)).sum(0) / total

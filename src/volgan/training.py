@@ -464,7 +464,7 @@ class Trainer:
         cfg, every, main = self.cfg, self.cfg.log, self.dist.is_main
         self._stop_signal = None  # a signal that stopped an earlier fit() does not stop this one
         if main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.run_dir / "config.yaml", facts=self.run_facts())
             (self.run_dir / "class_to_idx.json").write_text(json.dumps(self.data.class_to_idx, indent=2))
             (self.run_dir / "distributed.json").write_text(json.dumps(self.run_facts(), indent=2))
         log.info(
