@@ -147,6 +147,30 @@ class Worker:
         return statistics.median(self.times)
 
 
+def add_contender_args(ap: Any) -> None:
+    """The options train_step.py and sample.py share: --ablation and --yardstick."""
+    ap.add_argument("--ablation", action="store_true", help="also run volgan with each perf switch off, and all off")
+    ap.add_argument(
+        "--yardstick",
+        default=str(DEFAULT_YARDSTICK),
+        help="path of naive_cwgan.py, or 'none' to compare volgan's variants only (ratios to the first row)",
+    )
+
+
+def start_contenders(module: str, args: Any, **shape: Any) -> list[Worker]:
+    """Workers for ``module``'s ``yardstick`` (unless --yardstick none) and ``volgan`` contenders, the
+    latter once with every fast path and, with --ablation, with each perf switch off and all off."""
+    with_yardstick = args.yardstick != "none"
+    if with_yardstick and not Path(args.yardstick).exists():
+        raise SystemExit(f"yardstick not found: {args.yardstick} (pass --yardstick PATH, or --yardstick none)")
+    variants: list[tuple[str, dict[str, Any]]] = [("volgan", {})]
+    if args.ablation:
+        variants += [(f"volgan, {s}=off", {s: False}) for s in SWITCHES]
+        variants += [("volgan, all perf off", dict.fromkeys(SWITCHES, False))]
+    workers = [Worker("yardstick", f"{module}:yardstick", **shape, path=args.yardstick)] if with_yardstick else []
+    return workers + [Worker(name, f"{module}:volgan", **shape, perf=perf) for name, perf in variants]
+
+
 def race(workers: list[Worker], rounds: int, count_flops: bool = True) -> None:
     """Alternate one round per worker, ``rounds`` times; then count FLOPs and read peak memory."""
     for _ in range(rounds):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import DEFAULT_YARDSTICK, SWITCHES, Contender, Worker, load_yardstick, machine_line, race, table
+from _harness import Contender, add_contender_args, load_yardstick, machine_line, race, start_contenders, table
 
 
 def yardstick(size: int, batch: int, classes: int, device: str, path: str) -> Contender:
@@ -64,24 +64,10 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--ablation", action="store_true", help="also run volgan with each perf switch off, and all off")
-    ap.add_argument(
-        "--yardstick",
-        default=str(DEFAULT_YARDSTICK),
-        help="path of naive_cwgan.py, or 'none' to compare volgan's variants only (ratios to the first row)",
-    )
+    add_contender_args(ap)
     a = ap.parse_args()
-    with_yardstick = a.yardstick != "none"
-    if with_yardstick and not Path(a.yardstick).exists():
-        raise SystemExit(f"yardstick not found: {a.yardstick} (pass --yardstick PATH, or --yardstick none)")
-
     shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "device": a.device}
-    variants: list[tuple[str, dict[str, Any]]] = [("volgan", {})]
-    if a.ablation:
-        variants += [(f"volgan, {s}=off", {s: False}) for s in SWITCHES]
-        variants += [("volgan, all perf off", dict.fromkeys(SWITCHES, False))]
-    workers = [Worker("yardstick", "sample:yardstick", **shape, path=a.yardstick)] if with_yardstick else []
-    workers += [Worker(name, "sample:volgan", **shape, perf=perf) for name, perf in variants]
+    workers = start_contenders("sample", a, **shape)
     race(workers, a.rounds)
     print(f"sampling, {a.size}³, batch {a.batch}, {a.classes} classes, ngf 32")
     print(f"{machine_line()}, {torch.get_num_threads()} threads; medians of {a.rounds} alternating rounds")

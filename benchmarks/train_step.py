@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import DEFAULT_YARDSTICK, SWITCHES, Contender, Worker, load_yardstick, machine_line, race, table
+from _harness import Contender, add_contender_args, load_yardstick, machine_line, race, start_contenders, table
 
 
 def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, path: str) -> Contender:
@@ -91,25 +91,11 @@ def main() -> None:
     ap.add_argument("--n-critic", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per contender")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--ablation", action="store_true", help="also run volgan with each perf switch off, and all off")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra round each)")
-    ap.add_argument(
-        "--yardstick",
-        default=str(DEFAULT_YARDSTICK),
-        help="path of naive_cwgan.py, or 'none' to compare volgan's variants only (ratios to the first row)",
-    )
+    add_contender_args(ap)
     a = ap.parse_args()
-    with_yardstick = a.yardstick != "none"
-    if with_yardstick and not Path(a.yardstick).exists():
-        raise SystemExit(f"yardstick not found: {a.yardstick} (pass --yardstick PATH, or --yardstick none)")
-
     shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "n_critic": a.n_critic, "device": a.device}
-    variants: list[tuple[str, dict[str, Any]]] = [("volgan", {})]
-    if a.ablation:
-        variants += [(f"volgan, {s}=off", {s: False}) for s in SWITCHES]
-        variants += [("volgan, all perf off", dict.fromkeys(SWITCHES, False))]
-    workers = [Worker("yardstick", "train_step:yardstick", **shape, path=a.yardstick)] if with_yardstick else []
-    workers += [Worker(name, "train_step:volgan", **shape, perf=perf) for name, perf in variants]
+    workers = start_contenders("train_step", a, **shape)
     race(workers, a.rounds, count_flops=not a.no_flops)
 
     print(f"critic step (+ 1 generator step per {a.n_critic}), {a.size}³, batch {a.batch}, {a.classes} classes")
