@@ -277,9 +277,11 @@ class Trainer:
         self.step += 1
         if self.augment is not None:
             if self.ada is not None and self.ada.due(self.step):
-                total = distributed.mean(self.ada.total, self.dist, self.device) * self.dist.world_size
-                count = distributed.mean(float(self.ada.count), self.dist, self.device) * self.dist.world_size
-                self.augment.p = self.ada.update(self.augment.p, total, count)
+                # one all-reduce for both sums; the ratio of the means is the ratio of the sums
+                sums = distributed.mean_values(
+                    {"total": self.ada.total, "count": float(self.ada.count)}, self.dist, self.device
+                )
+                self.augment.p = self.ada.update(self.augment.p, sums["total"], sums["count"])
             values["aug_p"] = self.augment.p
             if self.ada is not None:
                 values["aug_signal"] = self.ada.last_signal
