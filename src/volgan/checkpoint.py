@@ -44,6 +44,21 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
 
 
+def run_dir_of(path: Path) -> Path:
+    """The run folder of a checkpoint file ``RUN/checkpoints/step_XXXXXXXX.pt`` (RUN holds config.yaml).
+
+    Any other file belongs to no run: continuing from it must not write a run two levels up, among
+    files that are not a run's, so the caller is told to name the folder.
+    """
+    folder = path.parent
+    if folder.name == "checkpoints" and _NAME.match(path.name) and (folder.parent / "config.yaml").is_file():
+        return folder.parent
+    raise CheckpointError(
+        f"{path}: this checkpoint is not inside a run folder (RUN/checkpoints/step_XXXXXXXX.pt with RUN/config.yaml); "
+        "pass --run-dir to say where the continued run is written"
+    )
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Finished checkpoint files of a run, oldest first (temp files never match the pattern)."""
     folder = checkpoint_dir(run_dir)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from volgan import __version__
 from volgan.errors import VolganError
+from volgan.safety import OneLineParser, bounded, check_output_dir, int_arg, positive_float
 
 if TYPE_CHECKING:
     from volgan.distributed import DistContext
@@ -65,9 +66,19 @@ def _add_sample(sub: Any) -> None:
         metavar="K",
         help="class name or index (repeatable; default: every class)",
     )
-    p.add_argument("--n", type=int, default=8, help="volumes per class (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed; volume i depends only on (seed, i, class)")
-    p.add_argument("--start", type=int, default=0, help="index of the first volume (to extend an earlier set)")
+    p.add_argument("--n", type=int_arg(1), default=8, help="volumes per class (default 8)")
+    p.add_argument(
+        "--max-volumes",
+        type=int_arg(1),
+        default=100_000,
+        help="refuse to write more volumes than this in one command (default 100000; --n times the classes)",
+    )
+    p.add_argument(
+        "--seed", type=int_arg(0), default=0, help="sampling seed >= 0; volume i depends only on (seed, i, class)"
+    )
+    p.add_argument(
+        "--start", type=int_arg(0), default=0, help="index of the first volume (to extend an earlier set, or resume)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--format", choices=["nii.gz", "nii", "npy"], default="nii.gz")
     p.add_argument(
@@ -82,9 +93,9 @@ def _add_sample(sub: Any) -> None:
     )
     p.add_argument(
         "--batch-size",
-        type=int,
-        help="volumes per forward pass (default: 2^22 voxels' worth, e.g. 16 at 64³, 2 at 128³); "
-        "the volumes do not depend on it",
+        type=int_arg(1),
+        help="volumes per forward pass (default: 2^22 voxels' worth, e.g. 16 at 64³, 2 at 128³; at most 4 GB of "
+        "output per pass); the volumes do not depend on it",
     )
     p.add_argument(
         "--ema",
@@ -124,13 +135,17 @@ def _add_demo(sub: Any) -> None:
         help="wgan_gp: conditional WGAN-GP on MRI-like head phantoms (default); dcgan: 3D-GAN on voxel objects",
     )
     p.add_argument("--run-dir", type=Path, help="run folder (default: runs/demo-<time>)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget (default 4)")
-    p.add_argument("--steps", type=int, default=100000, help="generator steps at most (default: until --minutes)")
-    p.add_argument("--size", type=int, help="cubic grid size (default 32 for wgan_gp, 16 for dcgan)")
-    p.add_argument("--n-per-class", type=int, default=96, help="phantom volumes per class (default 96)")
-    p.add_argument("--samples", type=int, default=16, help="volumes generated per class at the end (default 16)")
+    p.add_argument("--minutes", type=positive_float, default=4.0, help="training time budget (default 4)")
+    p.add_argument(
+        "--steps", type=int_arg(1), default=100000, help="generator steps at most (default: until --minutes)"
+    )
+    p.add_argument("--size", type=int_arg(8, 512), help="cubic grid size (default 32 for wgan_gp, 16 for dcgan)")
+    p.add_argument("--n-per-class", type=int_arg(1, 100_000), default=96, help="phantom volumes per class (default 96)")
+    p.add_argument(
+        "--samples", type=int_arg(1, 10_000), default=16, help="volumes generated per class at the end (default 16)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_arg(0), default=0)
 
 
 def _add_demo_data(sub: Any) -> None:
@@ -140,9 +155,9 @@ def _add_demo_data(sub: Any) -> None:
     )
     p.add_argument("--family", choices=["wgan_gp", "dcgan"], default="wgan_gp", help="phantoms or voxel objects")
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per class)")
-    p.add_argument("--n-per-class", type=int, default=32)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=1, help="default 1: unseen by a demo run (seed 0)")
+    p.add_argument("--n-per-class", type=int_arg(1, 100_000), default=32)
+    p.add_argument("--size", type=int_arg(8, 512), default=32)
+    p.add_argument("--seed", type=int_arg(0), default=1, help="default 1: unseen by a demo run (seed 0)")
     p.add_argument("--format", choices=["nii.gz", "nii", "npy"], default="nii.gz")
 
 
@@ -198,9 +213,7 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="volgan", description="Train, sample and evaluate 3D GANs on volumetric data."
-    )
+    parser = OneLineParser(prog="volgan", description="Train, sample and evaluate 3D GANs on volumetric data.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -226,8 +239,10 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
         state = ckpt.load_checkpoint(path)
         ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
         base = read_yaml(args.config) if args.config else state["config"]
-        run_dir = args.resume if args.resume.is_dir() else path.parent.parent
-        overrides.append(f"run_dir={run_dir}")
+        if args.resume.is_dir():
+            overrides.append(f"run_dir={args.resume}")
+        elif args.run_dir is None:  # RUN/checkpoints/step_*.pt continues RUN; any other file needs --run-dir
+            overrides.append(f"run_dir={ckpt.run_dir_of(path)}")
         source = str(args.config or path)
     else:
         base = read_yaml(args.config) if args.config else {}
@@ -274,6 +289,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     from volgan.data.dataset import load_volumes
     from volgan.errors import ConfigError
     from volgan.runlock import check_unlocked
+    from volgan.safety import safe_names
     from volgan.training import Trainer
 
     cfg, resume_state = _resolve_train_config(args)
@@ -282,6 +298,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
             "no data: pass --data DIR (or set data.root in the config); try `volgan demo` for built-in data"
         )
     if not args.dry_run and ctx.is_main:
+        check_output_dir(Path(cfg.run_dir), "--run-dir (run_dir)")
         check_unlocked(Path(cfg.run_dir))  # before loading data; Trainer.fit takes the lock
     if resume_state is not None:  # a mismatch must not wait for (possibly minutes of) preprocessing
         from volgan import checkpoint as ckpt
@@ -294,6 +311,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     data = load_volumes(cfg.data, progress=ctx.is_main)
     if ctx.local_rank == 0:
         distributed.barrier(ctx)
+    safe_names(data.class_names, str(cfg.data.root))  # names `volgan sample` could not keep apart: now, not later
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         print()
@@ -320,10 +338,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from volgan import distributed, perf
     from volgan.config import PerfConfig
     from volgan.device import resolve_device
+    from volgan.safety import check_bytes
     from volgan.sampling import class_index, generate, load_generator, write_samples
 
-    if args.n < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise VolganError("--n and --batch-size must be >= 1")
+    if not args.klass and args.n > args.max_volumes:  # the class count is known once the checkpoint is read
+        raise VolganError(
+            f"--n {args.n}: more than --max-volumes {args.max_volumes}; raise --max-volumes to write more"
+        )
+    check_output_dir(args.out, "--out")  # created by the first write, so a failed start leaves nothing
     ctx = distributed.env_context()  # under torchrun: each rank writes its share of the volumes
     device = distributed.rank_device(ctx, resolve_device(args.device))
     perf.configure_backend(PerfConfig(), device)
@@ -336,21 +358,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or max(1, min(64, 2**22 // loaded.size**3))
     all_classes = list(range(loaded.num_classes)) or [0]  # an unconditional model has one "class"
     classes = [class_index(loaded, k) for k in args.klass] if args.klass else all_classes
+    if args.n * len(classes) > args.max_volumes:
+        raise VolganError(
+            f"--n {args.n} for {len(classes)} classes is {args.n * len(classes)} volumes, more than --max-volumes "
+            f"{args.max_volumes}; raise --max-volumes to write more"
+        )
+    check_bytes(
+        batch_size * loaded.size**3 * 4, 4e9, f"--batch-size {batch_size} at {loaded.size}³", "lower --batch-size"
+    )
     # The requested indices are cut into batches exactly as one process cuts them, and rank r of N
     # takes batches r, r + N, ...: every batch is computed as it would be in one process, so the
     # files are bit for bit those one process writes (volume i depends only on seed, i and class).
     batches = [
         range(i, min(i + batch_size, args.start + args.n)) for i in range(args.start, args.start + args.n, batch_size)
     ]
-    total = 0
-    for k in classes:
+    total, resume_at = 0, args.start
+    try:  # index-major, so that after Ctrl-C every index before the current batch is complete in every class
         for idx in batches[ctx.rank :: ctx.world_size]:
-            labels = torch.full((len(idx),), k, dtype=torch.long)
-            vols = generate(loaded.generator, labels, args.seed, idx.start, batch_size, device, loaded.autocast)
-            written = write_samples(
-                loaded, vols.numpy(), [k] * len(idx), list(idx), args.seed, args.out, args.format, args.mesh
-            )
-            total += len(written)
+            resume_at = idx.start
+            for k in classes:
+                labels = torch.full((len(idx),), k, dtype=torch.long)
+                vols = generate(loaded.generator, labels, args.seed, idx.start, batch_size, device, loaded.autocast)
+                written = write_samples(
+                    loaded, vols.numpy(), [k] * len(idx), list(idx), args.seed, args.out, args.format, args.mesh
+                )
+                total += len(written)
+    except KeyboardInterrupt:
+        end = args.start + args.n
+        print(
+            f"volgan: interrupted: {args.out}: every volume before index {resume_at} has its JSON sidecar, and no "
+            f"volume is left without one; to finish, run the same command with --start {resume_at} "
+            f"--n {end - resume_at}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if ctx.enabled:  # a count over all ranks, once every rank has finished writing
         distributed.init(ctx, torch.device("cpu"), "gloo")
         try:
@@ -369,6 +410,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".safetensors":
         raise VolganError(f"{args.out}: --out must end in .safetensors")
+    if args.out.is_dir():
+        raise VolganError(f"{args.out}: --out is a folder; give a file name ending in .safetensors")
+    check_output_dir(args.out.parent, "--out's folder")
     path = ckpt.resolve_checkpoint(args.checkpoint)
     state = ckpt.load_checkpoint(path)
     ckpt.require_keys(state, (*ckpt.GENERATOR_KEYS, *ckpt.EXPORT_PARTS[args.which]), path)
@@ -380,6 +424,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from volgan.demo import run_demo
 
+    if args.run_dir is not None:
+        check_output_dir(args.run_dir, "--run-dir")
     result = run_demo(
         run_dir=args.run_dir,
         minutes=args.minutes,
@@ -407,6 +453,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     if args.n_per_class < 1 or args.size < 8:
         raise VolganError(f"--n-per-class must be >= 1 and --size >= 8, got {args.n_per_class} and {args.size}")
+    check_output_dir(args.out, "--out")
     n = write_demo_data(args.out, args.family, args.n_per_class, args.size, args.seed, args.format)
     print(f"wrote {n} volumes ({args.format}) to {args.out}")
     return 0
@@ -448,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except VolganError as e:
-        print(f"volgan: error: {tag}{e}", file=sys.stderr)
+        print(f"volgan: error: {tag}{bounded(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("volgan: interrupted", file=sys.stderr)

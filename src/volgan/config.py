@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from volgan.errors import ConfigError
+from volgan.safety import DEFAULT_MAX_DECODED_GB, load_yaml, read_config_text, shown
 
 _NUMBERS = (int, float, int | None, float | None)
 
@@ -50,6 +51,9 @@ class DataConfig(_Section):
     """Occupancy level in [0, 1] at which generated volumes are cut into solid/empty (meshes, renders)."""
     npz_split: str = "train"
     cache_dir: str | None = None
+    max_decoded_gb: float = Field(DEFAULT_MAX_DECODED_GB, gt=0)
+    """Largest array (GB, counted as float32 at least) one input file may decode or resample to; a file
+    or setting past it is refused before anything is allocated."""
 
     @field_validator("orientation")
     @classmethod
@@ -93,12 +97,13 @@ class ModelConfig(_Section):
     """Architecture of the generator and the critic (WGAN-GP) or discriminator (DCGAN)."""
 
     family: Literal["wgan_gp", "dcgan"] = "wgan_gp"
-    latent_dim: int = Field(128, ge=1)
-    num_classes: int | None = Field(None, ge=0)
-    embed_dim: int = Field(64, ge=1)
-    ngf: int = Field(32, ge=1)
-    ndf: int = Field(32, ge=1)
-    max_channels: int = Field(512, ge=1)
+    # upper bounds: past them one layer alone needs gigabytes (a 2048-to-2048 4³ conv is 1 GB of weights)
+    latent_dim: int = Field(128, ge=1, le=8192)
+    num_classes: int | None = Field(None, ge=0, le=100_000)
+    embed_dim: int = Field(64, ge=1, le=4096)
+    ngf: int = Field(32, ge=1, le=1024)
+    ndf: int = Field(32, ge=1, le=1024)
+    max_channels: int = Field(512, ge=1, le=2048)
     ac_weight: float = Field(0.0, ge=0)
     minibatch_std: bool = False
 
@@ -298,7 +303,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     if not first["loc"]:  # a cross-field check: its message names the keys
         return f"{source}: {msg}"
     got = first.get("input")
-    got_txt = "" if isinstance(got, dict) or first["type"].startswith("value_error") else f", got {got!r}"
+    got_txt = "" if isinstance(got, dict) or first["type"].startswith("value_error") else f", got {shown(got)}"
     return f"{source}: {key}: {msg}{got_txt}"
 
 
@@ -318,7 +323,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r}: expected a dotted key before '=', e.g. train.batch_size=8")
     try:
-        value = yaml.safe_load(raw) if raw else None
+        value = load_yaml(raw, f"override {shown(text)}") if raw else None
     except yaml.YAMLError:
         value = raw
     out: dict[str, Any] = {}
@@ -332,13 +337,13 @@ def parse_override(text: str) -> dict[str, Any]:
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping; any problem is a ConfigError naming the file."""
     try:
-        text = path.read_text()
+        text = read_config_text(path)  # a regular file of bounded size: not a FIFO, not /dev/zero
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read config file ({e.__class__.__name__}: {e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, str(path))  # duplicate keys and alias bombs refused
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

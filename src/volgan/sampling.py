@@ -21,6 +21,7 @@ from volgan import perf
 from volgan.config import PerfConfig
 from volgan.errors import VolganError
 from volgan.models import AnyGenerator, build_models
+from volgan.safety import inside, make_output_dir, safe_names
 
 log = logging.getLogger("volgan")
 
@@ -109,6 +110,12 @@ def load_generator(
     lo, hi = state["intensity_range"]
     perf_cfg = perf_cfg or PerfConfig()
     device = torch.device(device)
+    names = state["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ckpt.CheckpointError(f"{path}: class_names must be a list of strings")
+    if len(names) != (int(state["num_classes"]) or len(names)):
+        raise ckpt.CheckpointError(f"{path}: {len(names)} class names for {int(state['num_classes'])} classes")
+    safe_names(names, str(path))  # refused here, before any volume is generated
     generator.to(device).eval()
     perf.configure_models(perf_cfg, generator)
     return LoadedGenerator(
@@ -178,12 +185,15 @@ def write_samples(
     """
     from volgan.data.preprocess import unscale
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir, "output folder")
+    # file names from sanitised, collision-checked class names: never a path component unchecked
+    folders = safe_names(loaded.class_names, str(loaded.checkpoint)) if loaded.num_classes else []
     written: list[Path] = []
     for vol, label, i in zip(volumes, labels, indices, strict=True):
         name = loaded.class_names[label] if loaded.num_classes else "all"
-        stem = f"{_safe(name)}_seed{seed}_{i:05d}"
-        class_dir = out_dir / _safe(name)
+        folder = folders[label] if loaded.num_classes else "all"
+        stem = f"{folder}_seed{seed}_{i:05d}"
+        class_dir = inside(out_dir, out_dir / folder)
         path = class_dir / f"{stem}.{fmt}"
         meta: dict[str, Any] = {
             "class_name": name,
@@ -204,6 +214,7 @@ def write_samples(
         try:
             class_dir.mkdir(exist_ok=True)
             target = path
+        pair = [path, *(class_dir / f"{stem}.{m}" for m in meshes), class_dir / f"{stem}.json"]
             write_volume(unscale(vol, *loaded.intensity_range), path, loaded.affine)
             for mesh_format in meshes:
                 target = class_dir / f"{stem}.{mesh_format}"
@@ -219,6 +230,10 @@ def write_samples(
         written.append(path)
     return written
 
+        except KeyboardInterrupt:  # only complete (volume + sidecar) pairs may stay behind
+            for part in pair:
+                part.unlink(missing_ok=True)
+            raise
 
 def _write_mesh(volume: np.ndarray, path: Path, level: float, affine: np.ndarray) -> None:
     from volgan.render import export_mesh
@@ -227,7 +242,3 @@ def _write_mesh(volume: np.ndarray, path: Path, level: float, affine: np.ndarray
         export_mesh(volume, path, level, affine)
     except ValueError as e:
         raise VolganError(f"{path}: {e}") from None
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "class"

@@ -59,6 +59,7 @@ from volgan.data.preprocess import grid_spacing, intensity_bounds_batch, scale_t
 from volgan.data.volume_set import VolumeSet
 from volgan.data.voxels import VoxelInfo, as_occupancy, peek_voxels, read_voxels, voxel_suffix
 from volgan.errors import DataError
+from volgan.safety import decoded_limit, require_regular_file
 
 # CACHE_VERSION, VolumeSet and default_cache_dir live in their own modules; they stay importable from here.
 __all__ = ["CACHE_VERSION", "VolumeSet", "default_cache_dir", "load_volumes"]
@@ -120,6 +121,7 @@ def _scan(folder: Path, skip: Path | None = None) -> tuple[list[Path], list[Path
             if skip is None or path.resolve() != skip:
                 dirs.append(path)
         elif _suffix(path) is not None:
+            require_regular_file(path)  # a FIFO named x.npy would block the first read forever
             files.append(path)
         else:
             others.append(entry.name)
@@ -240,7 +242,9 @@ def _preprocess(
                 lo, hi = intensity_bounds_batch(chunk, cfg.intensity_percentiles)
                 _reject_constant(lo, hi, names[start:])
                 grid = chunk if keep else _on_grid(chunk, affine, cfg, str(f.path))
-                out[rows] = scale_to_unit(grid, lo[:, None, None, None], hi[:, None, None, None])
+                scaled = scale_to_unit(grid, lo[:, None, None, None], hi[:, None, None, None])
+                _require_finite(scaled, names[start:])  # no finite input may turn NaN unseen
+                out[rows] = scaled
             bounds[rows] = np.stack([lo, hi], axis=1)
             bar.update(k)
         spacings += [grid_spacing(batch.shape[1:], affine, cfg)] * f.count
@@ -278,6 +282,14 @@ def _read(f: _File) -> tuple[np.ndarray, np.ndarray]:
     return batch, affine
 
 
+def _require_finite(scaled: np.ndarray, sources: list[str]) -> None:
+    bad = ~np.isfinite(scaled.reshape(len(scaled), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{sources[int(np.argmax(bad))]}: scaling to [-1, 1] gave NaN or Inf; the values are out of range"
+        )
+
+
 def _reject_constant(lo: np.ndarray, hi: np.ndarray, sources: list[str]) -> None:
     flat = np.flatnonzero(~(hi > lo))
     if flat.size:
@@ -302,6 +314,12 @@ def _in_memory(source: _Source, cfg: DataConfig, progress: bool) -> VolumeSet:
 
 
 def load_volumes(cfg: DataConfig, root: str | Path | None = None, *, progress: bool = False) -> VolumeSet:
+    """:func:`_load_volumes` with every file's decoded size bounded by ``cfg.max_decoded_gb``."""
+    with decoded_limit(cfg.max_decoded_gb):
+        return _load_volumes(cfg, root, progress=progress)
+
+
+def _load_volumes(cfg: DataConfig, root: str | Path | None = None, *, progress: bool = False) -> VolumeSet:
     """Load ``root`` (default ``cfg.root``) onto the training grid, from the cache when it is current.
 
     See the module docstring for the layouts. The first call reads, reorients, resamples and

@@ -26,6 +26,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError, SpatialImage
 
 from volgan.errors import DataError
+from volgan.safety import check_decoded, check_float32_range, check_npz_members, require_regular_file
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".npy")
 
@@ -112,6 +113,7 @@ def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int
             f"{path}: the header's shape {tuple(shape)} ({dtype}) needs {needed} bytes of voxels, more than the "
             f"{size}-byte file can hold; it is truncated or its header is damaged"
         )
+    check_decoded(path, shape, dtype.itemsize)  # a real (or sparse) file that large: data.max_decoded_gb
 
 
 def _check_npy_size(path: Path) -> None:
@@ -180,7 +182,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     suffix = volume_suffix(path)
     if suffix is None:
         raise DataError(f"{path}: unsupported file type, expected one of {', '.join(SUPPORTED_SUFFIXES)}")
-    check_readable(path)
+    require_regular_file(path, check_readable(path))  # a FIFO named x.npy would block forever
     if suffix == ".npy":
         try:
             _check_npy_size(path)
@@ -202,12 +204,15 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 offset = int(getattr(image.dataobj, "offset", 0))
                 _check_size(path, image.shape, image.get_data_dtype(), offset, compressed=suffix == ".nii.gz")
                 array = image.get_fdata(dtype=np.float32)  # applies the scale factor (scl_slope/inter)
+                if not np.isfinite(array).all():  # finite data beyond float32 says so, not "contains Inf"
+                    check_float32_range(np.asarray(image.dataobj, dtype=np.float64), str(path))
                 affine = image.affine
         except (*DECODE_ERRORS, TypeError) as e:  # TypeError: e.g. complex voxels
             raise decode_error(path, e) from None
         if affine is None:  # nibabel gives one even without sform/qform; this guards odd headers
             raise DataError(f"{path}: the image has no affine (voxel-to-world matrix)")
     _check_voxels(array, str(path))
+    check_float32_range(array, str(path))
     volume = _as_3d(array, str(path))
     return np.ascontiguousarray(volume, dtype=np.float32), check_affine(affine, str(path))
 
@@ -220,7 +225,8 @@ def read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     dtype (uint8 masks stay uint8, a quarter of the memory of float32).
     """
     path = Path(path)
-    check_readable(path)
+    require_regular_file(path, check_readable(path))
+    check_npz_members(path)  # a member that inflates past data.max_decoded_gb is refused before inflating
     img_key, lbl_key = f"{split}_images", f"{split}_labels"
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -253,6 +259,7 @@ def read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         bad = ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
         if bad.any():
             raise DataError(f"{path}[{int(np.argmax(bad))}]: contains NaN or Inf voxels")
+        check_float32_range(images, f"{path}: {img_key}")
     if labels.dtype.kind not in "biuf" or (labels.dtype.kind == "f" and not np.all(labels == np.round(labels))):
         raise DataError(f"{path}: {lbl_key} must be integer class labels, got dtype {labels.dtype}")
     return images, labels.astype(np.int64)

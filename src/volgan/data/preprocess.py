@@ -15,6 +15,7 @@ from nibabel.orientations import aff2axcodes
 from volgan.config import DataConfig
 from volgan.data.io import check_affine
 from volgan.errors import DataError
+from volgan.safety import check_resampled
 
 # Axis labels for MONAI's Orientation, given explicitly (its default is being deprecated).
 _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -94,6 +95,8 @@ def to_grid_batch(volumes: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> n
         resample = fitted != tuple(shape)
     else:
         resample = cfg.resample == "spacing" and not np.allclose(voxel, target, rtol=1e-4)
+        if resample:  # a tiny data.spacing would ask for terabytes: refused before MONAI allocates
+            check_resampled(shape * voxel / target, len(volumes))
     if reorient or resample:
         volumes = _monai_resample(volumes, affine, cfg, reorient, fitted if resample else None, target, resample)
     return _pad_or_crop(volumes, size, fill)
@@ -153,6 +156,8 @@ def intensity_bounds_batch(volumes: np.ndarray, percentiles: tuple[float, float]
     """
     flat = np.asarray(volumes).reshape(len(volumes), -1)
     lo, hi = np.percentile(flat, percentiles, axis=1).astype(np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # float32 interpolation overflowed near ±3.4e38
+        lo, hi = np.percentile(flat.astype(np.float64), percentiles, axis=1)
     flat_range = hi <= lo
     if flat_range.any():
         lo[flat_range] = flat[flat_range].min(axis=1)
@@ -182,7 +187,9 @@ def scale_to_unit(volume: np.ndarray, lo: float | np.ndarray, hi: float | np.nda
     # so a voxel at hi computes (hi - lo) / (hi - lo) with identical operands: exactly 1.
     lo_: np.ndarray = lo64.astype(np.float32)
     hi_: np.ndarray = hi64.astype(np.float32)
-    if not np.all(hi_ > lo_):  # bounds too close to tell apart in float32
+    with np.errstate(over="ignore"):
+        overflows = not np.all(np.isfinite(hi_ - lo_))  # a range past float32's: ±3e38 data
+    if overflows or not np.all(hi_ > lo_):  # bounds too close to tell apart, or too far, in float32
         lo_, hi_ = lo64, hi64
     unit = np.array(volume, dtype=lo_.dtype)  # a copy, then updated in place
     np.clip(unit, lo_, hi_, out=unit)

@@ -30,6 +30,7 @@ import numpy as np
 
 from volgan.data.io import DECODE_ERRORS, check_readable, decode_error, error_detail
 from volgan.errors import DataError
+from volgan.safety import check_decoded, check_float32_range, require_regular_file
 
 VOXEL_SUFFIXES = (".binvox", ".mat", ".npz", ".npy")
 _ARRAY_KEYS = ("voxels",)  # preferred array of an .npz
@@ -70,7 +71,7 @@ def peek_voxels(path: Path) -> VoxelInfo:
     """Object count of a voxel file from its header alone (the voxels are not decoded)."""
     path = Path(path)
     suffix = voxel_suffix(path)
-    check_readable(path)
+    require_regular_file(path, check_readable(path))  # a FIFO would block the read forever
     if suffix == ".binvox":
         with _open(path) as stream:
             _binvox_header(stream, path)
@@ -81,6 +82,7 @@ def peek_voxels(path: Path) -> VoxelInfo:
         variables = {name: shape for name, shape, _ in _mat_call(whosmat, path)}
         key = _pick(list(variables), _MAT_KEYS, path, "variable")
         shape = variables[key]
+        check_decoded(path, shape, 4)  # counted as float32, what every volume becomes
     elif suffix == ".npz":
         try:
             with zipfile.ZipFile(path) as archive:
@@ -91,6 +93,7 @@ def peek_voxels(path: Path) -> VoxelInfo:
         except DECODE_ERRORS as e:
             raise decode_error(path, e) from None
         _check_dtype(dtype, path, hint=_NPZ_HINT)
+        check_decoded(path, shape, dtype.itemsize)  # a member that inflates to many GB: refused before
     elif suffix == ".npy":
         with _open(path) as stream:
             if stream.read(4) == b"PK\x03\x04":
@@ -98,6 +101,7 @@ def peek_voxels(path: Path) -> VoxelInfo:
             stream.seek(0)
             shape, dtype = _npy_header(stream, path)
         _check_dtype(dtype, path)
+        check_decoded(path, shape, dtype.itemsize)
     else:
         raise DataError(f"{path}: unsupported file type, expected one of {', '.join(VOXEL_SUFFIXES)}")
     (n, *_), batched = batch_shape(shape, str(path), _NPZ_HINT if suffix == ".npz" else "")
@@ -112,7 +116,9 @@ def read_voxels(path: Path, *, binary: bool = False) -> np.ndarray:
     """
     path = Path(path)
     suffix = voxel_suffix(path)
-    check_readable(path)
+    require_regular_file(path, check_readable(path))
+    if suffix == ".npz":
+        peek_voxels(path)  # the member's size from its header, checked before it is inflated
     hint = ""
     if suffix == ".binvox":
         array = read_binvox(path)
@@ -206,6 +212,7 @@ def _binvox_header(stream: IO[bytes], path: Path) -> tuple[int, int, int]:
             if min(d, h, w) < 1:
                 raise DataError(f"{path}: bad binvox header line {line[:40]!r}; expected 'dim D H W', positive ints")
             dims = (d, h, w)
+            check_decoded(path, dims, 1)  # run-length data expands ~127x: bounded before np.repeat
         elif not line:
             break
     else:
@@ -246,6 +253,7 @@ def _check_finite(array: np.ndarray, path: Path, batched: bool) -> None:
         if not finite.all():
             where = f"{path}[{start + int(np.argmin(finite))}]" if batched else str(path)
             raise DataError(f"{where}: contains NaN or Inf voxels")
+        check_float32_range(array[start : start + 64], str(path))
 
 
 def _pick(keys: list[str], preferred: tuple[str, ...], path: Path, what: str, hint: str = "") -> str:

@@ -148,7 +148,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise VolganError(f"--n-per-class must be >= 2, got {args.n_per_class}")
     device = _device(args.device)
     judge, meta = load_classifier(args.classifier)
-    cfg = DataConfig(**meta["data"])
+    try:  # the preprocessing the judge was trained with; a file without it is one line, not a KeyError
+        cfg = DataConfig(**meta["data"])
+    except (KeyError, TypeError, ValueError):
+        raise VolganError(f"{args.classifier}: classifier meta lacks valid 'data' settings (the data.* keys)") from None
     real = load_labelled(cfg, args.real, args.real_split, what="real test")
     check_judge(judge, meta, real, str(args.classifier))
     if args.checkpoint is not None:
