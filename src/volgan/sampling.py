@@ -107,15 +107,15 @@ def load_generator(
         raise ckpt.CheckpointError(
             f"{path}: generator weights do not fit its config ({ckpt.describe_load_error(e)})"
         ) from None
-    lo, hi = state["intensity_range"]
-    perf_cfg = perf_cfg or PerfConfig()
-    device = torch.device(device)
     names = state["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ckpt.CheckpointError(f"{path}: class_names must be a list of strings")
     if len(names) != (int(state["num_classes"]) or len(names)):
         raise ckpt.CheckpointError(f"{path}: {len(names)} class names for {int(state['num_classes'])} classes")
     safe_names(names, str(path))  # refused here, before any volume is generated
+    lo, hi = state["intensity_range"]
+    perf_cfg = perf_cfg or PerfConfig()
+    device = torch.device(device)
     generator.to(device).eval()
     perf.configure_models(perf_cfg, generator)
     return LoadedGenerator(
@@ -211,10 +211,10 @@ def write_samples(
             meta["meshes"] = [f"{stem}.{m}" for m in meshes]
             meta["mesh_level"] = loaded.threshold
         target = class_dir
+        pair = [path, *(class_dir / f"{stem}.{m}" for m in meshes), class_dir / f"{stem}.json"]
         try:
             class_dir.mkdir(exist_ok=True)
             target = path
-        pair = [path, *(class_dir / f"{stem}.{m}" for m in meshes), class_dir / f"{stem}.json"]
             write_volume(unscale(vol, *loaded.intensity_range), path, loaded.affine)
             for mesh_format in meshes:
                 target = class_dir / f"{stem}.{mesh_format}"
@@ -227,13 +227,13 @@ def write_samples(
                 f"{target}: could not write ({e.strerror or e}); "
                 f"the {len(written)} volumes written before it are intact"
             ) from None
-        written.append(path)
-    return written
-
         except KeyboardInterrupt:  # only complete (volume + sidecar) pairs may stay behind
             for part in pair:
                 part.unlink(missing_ok=True)
             raise
+        written.append(path)
+    return written
+
 
 def _write_mesh(volume: np.ndarray, path: Path, level: float, affine: np.ndarray) -> None:
     from volgan.render import export_mesh
