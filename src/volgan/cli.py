@@ -196,15 +196,25 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--real", required=True, help="real test data (class folders or .npz)")
     p.add_argument("--real-split", help="split of a real .npz file, e.g. val or test")
     p.add_argument("--classifier", type=Path, required=True, help="folder written by volgan train-classifier")
-    p.add_argument("--features", type=Path, help="local TorchScript feature network to use instead of the classifier")
+    p.add_argument(
+        "--features",
+        help="feature space instead of the classifier's: medicalnet:resnetN:PATH (MedicalNet 3D ResNet weights), "
+        "radimagenet2.5d:PATH (2D ResNet-50 weights, 2.5D) or a local TorchScript file; never downloaded",
+    )
+    p.add_argument("--features-size", type=int, help="resize volumes to this cube for medicalnet/radimagenet")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--n-per-class", type=int, default=64, help="volumes generated per class (default 64)")
     p.add_argument(
-        "--real-train", help="real training data for TRTR/augmentation (default: the classifier's training data)"
+        "--real-train",
+        help="real training data for TRTR/augmentation and the memorisation audit: the generator's training set "
+        "(default: the classifier's training data)",
     )
     p.add_argument("--real-train-split", help="split of a --real-train .npz file")
     p.add_argument("--tstr", action=argparse.BooleanOptionalAction, default=True, help="train TSTR/TRTR classifiers")
     p.add_argument("--tstr-epochs", type=int, help="epochs for TSTR/TRTR (default: the classifier's)")
+    p.add_argument(
+        "--audit", action=argparse.BooleanOptionalAction, default=True, help="memorisation audit against --real-train"
+    )
     p.add_argument("--tstr-max-minutes", type=float, help="time budget per TSTR/TRTR classifier")
     p.add_argument("--k", type=int, default=5, help="neighbours for precision/recall/density/coverage")
     p.add_argument("--draws", type=int, default=10, help="synthetic subsamples matched to the reference size")

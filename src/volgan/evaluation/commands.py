@@ -138,7 +138,7 @@ def _synthetic_from_checkpoint(args: argparse.Namespace, cfg: DataConfig, device
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from volgan.evaluation.classifier import load_classifier, load_feature_network
+    from volgan.evaluation.classifier import load_classifier
     from volgan.evaluation.evaluate import EvalSettings, check_judge, evaluate
     from volgan.evaluation.report import write_report
 
@@ -159,14 +159,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         synthetic = load_labelled(cfg, args.samples, what="synthetic")
     real_train = None
-    if args.tstr:
+    if args.tstr or args.audit:
         train_root = args.real_train or meta["data"].get("root")
         if train_root is not None and Path(train_root).exists():
             split = args.real_train_split or (meta.get("data_split") if args.real_train is None else None)
             real_train = load_labelled(cfg, train_root, split, what="real training")
-    features, features_name = None, f"judge classifier ({args.classifier})"
-    if args.features is not None:
-        features, features_name = load_feature_network(args.features), f"TorchScript network {args.features}"
+    features, features_name, features_info = _features(args)
+    if features is None:
+        features_name = f"judge classifier ({args.classifier})"
     settings = EvalSettings(
         seed=args.seed,
         k=args.k,
@@ -177,14 +177,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=int(meta.get("batch_size", 16)),
         lr=float(meta.get("lr", 1e-3)),
         device=device,
+        audit=args.audit,
     )
     outcome = evaluate(
-        real, synthetic, judge, meta, settings, features=features, features_name=features_name, real_train=real_train
+        real,
+        synthetic,
+        judge,
+        meta,
+        settings,
+        features=features,
+        features_name=features_name,
+        features_info=features_info,
+        real_train=real_train,
     )
     command = "volgan " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     paths = write_report(outcome, args.out, command)
     _print_headline(outcome.metrics, paths)
     return 0
+
+
+def _features(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any] | None]:
+    """--features: a standard extractor (medicalnet:…, radimagenet2.5d:…), a TorchScript file, or none."""
+    from volgan.evaluation.classifier import load_feature_network
+    from volgan.evaluation.extractors import load_standard_extractor
+
+    if args.features is None:
+        if args.features_size is not None:
+            raise VolganError("--features-size applies to --features medicalnet:… or radimagenet2.5d:… only")
+        return None, "", None
+    standard = load_standard_extractor(str(args.features), args.features_size)
+    if standard is not None:
+        return standard.module, f"{standard.info['name']} ({Path(standard.info['weights']).name})", standard.info
+    if args.features_size is not None:
+        raise VolganError("--features-size applies to --features medicalnet:… or radimagenet2.5d:… only")
+    return load_feature_network(Path(args.features)), f"TorchScript network {args.features}", None
 
 
 def _print_headline(m: dict[str, Any], paths: dict[str, Path]) -> None:
@@ -206,4 +232,10 @@ def _print_headline(m: dict[str, Any], paths: dict[str, Path]) -> None:
     if "tstr" in use:
         trtr = use.get("trtr", {}).get("accuracy")
         lines.append(f"  TSTR accuracy {use['tstr']['accuracy']:.3f} (TRTR {'–' if trtr is None else f'{trtr:.3f}'})")
+    if "memorisation" in m:
+        voxel = m["memorisation"]["spaces"]["voxel"]["overall"]
+        lines.append(
+            f"  memorisation: {voxel['p1']['share']:.3f} / {voxel['p5']['share']:.3f} of synthetic volumes closer to a "
+            f"training volume than the held-out 1st / 5th percentile (voxels); {m['memorisation']['verdict']}"
+        )
     print("\n".join(lines))

@@ -79,6 +79,7 @@ class Outcome:
     synthetic: Labelled
     real_features: np.ndarray
     synthetic_features: np.ndarray
+    audit: Any = None  # an audit.AuditResult when the memorisation audit ran
 
 
 @dataclass
@@ -93,6 +94,7 @@ class EvalSettings:
     batch_size: int = 16  # TSTR/TRTR recipe: the judge's batch size and learning rate
     lr: float = 1e-3
     device: str | torch.device = "cpu"
+    audit: bool = True  # memorisation audit, when real training data is given
 
 
 def align_classes(real: Labelled, synthetic: Labelled) -> Labelled:
@@ -315,6 +317,7 @@ def evaluate(
     *,
     features: nn.Module | None = None,
     features_name: str = "judge classifier",
+    features_info: dict[str, Any] | None = None,
     real_train: Labelled | None = None,
 ) -> Outcome:
     """All metrics (see the module docstring for the plan) and what the figures need."""
@@ -338,6 +341,7 @@ def evaluate(
             "n_synthetic": {n: int((synthetic.labels == k).sum()) for k, n in enumerate(real.class_names)},
             "features": features_name,
             "feature_dim": int(real_f.shape[1]),
+            "feature_extractor": features_info,
             "judge": {k: judge_meta.get(k) for k in ("held_out_accuracy", "data", "epochs")},
             "settings": {
                 "seed": s.seed,
@@ -362,4 +366,12 @@ def evaluate(
     }
     if s.tstr:
         result["usefulness"] = usefulness(real, synthetic, real_train, s)
-    return Outcome(result, real, synthetic, real_f, fake_f)
+    audit = None
+    if s.audit and real_train is not None:
+        from volgan.evaluation.audit import memorisation_audit
+
+        train_f = extract_features(extractor, real_train.volumes, s.batch_size, s.device)
+        audit = memorisation_audit(real_train, real, synthetic, (train_f, real_f, fake_f), features_name)
+        result["memorisation"] = audit.metrics
+        log.info("evaluate: memorisation audit: %s", audit.metrics["verdict"])
+    return Outcome(result, real, synthetic, real_f, fake_f, audit)

@@ -26,6 +26,10 @@ def write_report(outcome: Outcome, out_dir: Path, command: str = "") -> dict[str
         "pca": _pca_figure(outcome, out_dir / "features_pca.png"),
         "bars": _bar_figure(outcome.metrics, out_dir / "metrics_by_class.png"),
     }
+    if outcome.audit is not None:
+        from volgan.evaluation.audit import write_audit_figures
+
+        paths.update(write_audit_figures(outcome.audit, out_dir))
     text = json.dumps(outcome.metrics, indent=2, allow_nan=False)
     atomic_write(out_dir / "metrics.json", lambda f: f.write(text.encode()))
     markdown = render_markdown(outcome.metrics, {k: p.name for k, p in paths.items()}, command)
@@ -56,6 +60,19 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
     ]
     if command:
         lines.append(f"- command: `{command}`")
+    extractor = inputs.get("feature_extractor")
+    if extractor:
+        lines += [
+            f"- feature extractor: {extractor['architecture']}; weights `{extractor['weights']}` "
+            f"(sha256 `{extractor['weights_sha256']}`); preprocessing: {extractor['preprocessing']}; input size "
+            f"{extractor['input_size'] or inputs['size']}³; {extractor['feature_dim']}-d",
+            "",
+            f"**Comparability.** {extractor['comparability']}",
+        ]
+    else:
+        from volgan.evaluation.extractors import COMPARABILITY
+
+        lines += ["", f"**Comparability.** {COMPARABILITY} The judge classifier's space is specific to this study."]
     lines += [
         "",
         "**How to read it.** The real test set is split into two class-stratified halves A and B. The "
@@ -144,7 +161,12 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
     for group, row in m["intensity"].items():
         cells = [f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r else "–" for r in (row["synthetic"], row["real"])]
         lines.append(f"| {group} | {cells[0]} | {cells[1]} |")
-    lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in figures.items()]
+    audit_figures = {k: v for k, v in figures.items() if k.startswith("memorisation")}
+    if "memorisation" in m:
+        from volgan.evaluation.audit import audit_markdown
+
+        lines += audit_markdown(m["memorisation"], audit_figures)
+    lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in figures.items() if k not in audit_figures]
     return "\n".join(lines) + "\n"
 
 
