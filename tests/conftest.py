@@ -20,6 +20,21 @@ def _fixed_threads() -> None:
     torch.set_num_threads(2)
 
 
+# Volumes generated in batches of different sizes (or in other processes, or with other CPU kernels)
+# are the same computation in another summation order: oneDNN blocks a convolution by the batch size
+# and the instruction set, so they agree to float32 rounding, not bit for bit. Seen: up to 1.1e-5
+# absolute on volumes of magnitude ~30-100 (relative 4e-7) on an AVX2 CPU. A wrong volume (another
+# latent or class) differs by O(1) of the value range, far outside this.
+ACROSS_BATCHES = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def assert_same_volume(actual: Any, expected: Any, value_range: float = 1.0) -> None:
+    """Same volume up to float32 summation order (batch size, process count, CPU kernels)."""
+    a, e = torch.as_tensor(np.asarray(actual)), torch.as_tensor(np.asarray(expected))
+    tol = {"rtol": ACROSS_BATCHES["rtol"], "atol": ACROSS_BATCHES["atol"] * value_range}
+    torch.testing.assert_close(a, e, **tol)
+
+
 def tiny_config(run_dir: Path, **sections: Any) -> Config:
     """A 16³ model with a handful of channels; sections override the defaults key by key."""
     base: dict[str, Any] = {

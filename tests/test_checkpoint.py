@@ -110,6 +110,7 @@ def sample_npy(checkpoint: Path, out: Path, *extra: str) -> list[np.ndarray]:
     return [np.load(p) for p in sorted(out.glob("*/*.npy"))]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("family_run", ["run", "dcgan_run"])
 def test_sampling_from_the_export_is_bit_identical(
     tmp_path: Path, family_run: str, request: pytest.FixtureRequest

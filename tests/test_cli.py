@@ -70,7 +70,13 @@ def test_dry_run_prints_config_and_data_summary(
     assert main(["train", "--data", str(data_dir), "--run-dir", str(tmp_path / "run"), "--dry-run", *TINY]) == 0
     out = capsys.readouterr().out
     assert "n_critic: 2" in out and "size: 16" in out
-    assert "9" in out and "classes" in out.lower()
+    # the dataset summary, not the YAML dump: counts per class, grid, intensity mapping, value range
+    assert re.search(r"^volumes: +9 x 16x16x16, ", out, re.M), out
+    assert re.search(r"^classes: +3 \(0: 3, 1: 3, 2: 3\)$", out, re.M), out
+    intensity = re.search(r"^intensity: \[(\S+), (\S+)\] in the data maps to \[-1, 1\]$", out, re.M)
+    assert intensity and float(intensity[1]) < float(intensity[2]), out
+    values = re.search(r"^values: .* min (\S+), max (\S+) \(over 9 volumes\)$", out, re.M)
+    assert values and float(values[1]) == -1.0 and float(values[2]) == 1.0, out  # clipped and scaled per volume
     assert not (tmp_path / "run").exists()
 
 

@@ -58,16 +58,35 @@ def test_classifier_is_saved_with_its_held_out_accuracy(phantom_setup: dict[str,
     assert meta["held_out_accuracy"] > 0.6  # chance is 1/3 (15 held-out volumes)
 
 
-def test_faithful_set_scores_like_real_and_tstr_beats_chance(phantom_setup: dict[str, Path]) -> None:
-    m = evaluate(phantom_setup, "good", "report_good", "--tstr-epochs", "20")
-    overall = m["distribution"]["overall"]
-    syn, ref = overall["synthetic"], overall["reference"]
-    assert syn["fd"] < 3 * ref["fd"] + 1e-6
-    assert syn["recall"] > 0.5 and syn["coverage"] > 0.5
+@pytest.fixture(scope="module")
+def reports(phantom_setup: dict[str, Path]) -> dict[str, dict]:
+    """metrics.json of the faithful set (with TSTR) and of the collapsed one, each evaluated once."""
+    return {
+        "good": evaluate(phantom_setup, "good", "report_good", "--tstr-epochs", "20"),
+        "collapsed": evaluate(phantom_setup, "collapsed", "report_collapsed", "--no-tstr"),
+    }
+
+
+# The bounds below hold for any valid judge, not just the one this CPU trains: measured with judges
+# trained with seeds 0-4 on an AVX2-limited run and seed 0 on AVX-512 (2026-11-29). FD with 24 volumes
+# per half in a 128-d space is noisy: the faithful set scored 1.5-6.1x the single real-vs-real split
+# (so no bound against that one number), but always 0.13-0.37x the collapsed set's FD, which was
+# 8.6-22x the reference. Recall: faithful 0.92-1.0, collapsed 0.0. Collapsed coverage 0.67-0.79.
+
+
+@pytest.mark.numerics
+def test_faithful_set_scores_like_real_and_tstr_beats_chance(
+    phantom_setup: dict[str, Path], reports: dict[str, dict]
+) -> None:
+    m = reports["good"]
+    syn, ref = m["distribution"]["overall"]["synthetic"], m["distribution"]["overall"]["reference"]
+    collapsed = reports["collapsed"]["distribution"]["overall"]["synthetic"]
+    assert syn["fd"] < 0.6 * collapsed["fd"], (syn["fd"], collapsed["fd"])
+    assert syn["recall"] > 0.8 and syn["coverage"] > 0.8 and ref["recall"] > 0.8
     acc = m["conditional_accuracy"]["overall"]
-    assert acc["synthetic"] > 0.6 and abs(acc["synthetic"] - acc["real"]) < 0.15  # the judge is ~80 % accurate
+    assert acc["synthetic"] > 0.6 and abs(acc["synthetic"] - acc["real"]) < 0.2  # the judge is ~80-100 % accurate
     use = m["usefulness"]
-    assert use["tstr"]["accuracy"] > 0.7 and use["trtr"]["accuracy"] > 0.7  # chance: 1/3
+    assert use["tstr"]["accuracy"] > 0.6 and use["trtr"]["accuracy"] > 0.6  # chance: 1/3
     assert "real_plus_synthetic" in use
     report = (phantom_setup["root"] / "report_good" / "report.md").read_text()
     assert "reference (real B vs real A)" in report and "TSTR" in report
@@ -75,11 +94,13 @@ def test_faithful_set_scores_like_real_and_tstr_beats_chance(phantom_setup: dict
         assert (phantom_setup["root"] / "report_good" / png).stat().st_size > 5000
 
 
-def test_collapsed_set_is_flagged_by_recall_coverage_and_ms_ssim(phantom_setup: dict[str, Path]) -> None:
-    m = evaluate(phantom_setup, "collapsed", "report_collapsed", "--no-tstr")
+@pytest.mark.numerics
+def test_collapsed_set_is_flagged_by_recall_coverage_and_ms_ssim(reports: dict[str, dict]) -> None:
+    m = reports["collapsed"]
     syn, ref = m["distribution"]["overall"]["synthetic"], m["distribution"]["overall"]["reference"]
     assert syn["recall"] < 0.5 * ref["recall"]
-    assert syn["coverage"] < 0.8 * ref["coverage"]  # 3 distinct volumes still touch many 5-NN balls
+    assert syn["coverage"] < 0.9 * ref["coverage"]  # 3 distinct volumes still touch many 5-NN balls
+    assert syn["fd"] > 3 * ref["fd"]
     div = m["diversity_ms_ssim"]["overall"]
     assert div["synthetic"] > 0.99 > div["real"]
     assert "usefulness" not in m

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import tiny_config, tiny_data, write_class_folders
+from conftest import assert_same_volume, tiny_config, tiny_data, write_class_folders
 from volgan import checkpoint as ckpt
 from volgan.cli import main
 from volgan.data import cache as data_cache
@@ -285,6 +285,7 @@ def sample_enospc(sample_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return get
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     "what",
     [
@@ -299,8 +300,10 @@ def test_enospc_in_sample_keeps_earlier_samples_whole(sample_enospc: Callable[[s
     folder = o.out / "c0"
     assert {name: (folder / name).read_bytes() for name in o.before} == o.before
     assert temp_files(o.out) == []
-    for volume in sorted(folder.glob("*.npy")):  # every volume there is whole and the same as an undisturbed run's
-        np.testing.assert_array_equal(np.load(volume), np.load(o.reference / volume.name))
+    # every volume there is whole and the same as an undisturbed run's (which sampled all five in one
+    # batch, so to float rounding; tiny_data's intensity range is 0..100)
+    for volume in sorted(folder.glob("*.npy")):
+        assert_same_volume(np.load(volume), np.load(o.reference / volume.name), value_range=100.0)
     assert "c0_seed0_00002.npy" in {p.name for p in folder.iterdir()}
     for sidecar in folder.glob("*.json"):
         assert json.loads(sidecar.read_text())["index"] >= 0, sidecar

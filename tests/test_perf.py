@@ -27,6 +27,8 @@ from volgan.models.layers import (
 from volgan.models.wgan_gp import Critic, Generator
 from volgan.training import Trainer
 
+pytestmark = pytest.mark.numerics  # results depend on the CPU kernels: rerun limited to AVX2
+
 ALL_OFF = PerfConfig(channels_last=False, fused_norm=False, subpixel_conv=False, dense_stem=False, tune_allocator=False)
 F32 = {"rtol": 1e-4, "atol": 1e-5}
 

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_data
+from conftest import assert_same_volume, tiny_config, tiny_data
 from volgan.errors import VolganError
 from volgan.sampling import class_index, generate, latent_for, load_generator, write_samples
 from volgan.training import Trainer
+
+pytestmark = pytest.mark.numerics  # results depend on the CPU kernels: rerun limited to AVX2
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +32,10 @@ def test_volume_i_does_not_depend_on_batch_size_or_start(run: Path) -> None:
     labels = torch.tensor([0, 1, 1, 0, 1])
     one_by_one = generate(loaded.generator, labels, seed=11, batch_size=1)
     batched = generate(loaded.generator, labels, seed=11, batch_size=4)
-    torch.testing.assert_close(one_by_one, batched, rtol=0, atol=1e-5)
+    assert_same_volume(one_by_one, batched)  # float rounding only: another batch is another summation order
     tail = generate(loaded.generator, labels[3:], seed=11, start=3, batch_size=2)
-    torch.testing.assert_close(tail, batched[3:], rtol=0, atol=1e-5)
+    assert_same_volume(tail, batched[3:])
+    assert torch.equal(tail, generate(loaded.generator, labels[3:], seed=11, start=3, batch_size=2))  # same computation
     assert not torch.allclose(batched[0], batched[3])  # different latents, same class
 
 

@@ -46,7 +46,10 @@ def generate(
 ) -> torch.Tensor:
     """labels: (N,) int64 -> volumes (N, S, S, S) float32 on the CPU, in [-1, 1].
 
-    Volume ``j`` uses the latent of index ``start + j``. Every family's output range (Tanh's
+    Volume ``j`` uses the latent of index ``start + j``, so it depends only on ``(seed, start + j,
+    label)``: the same bytes for the same ``batch_size`` on the same machine; with another batch
+    size, process count or CPU it agrees to float32 rounding (≈1e-6 relative), since the
+    convolution kernels sum in another order. Every family's output range (Tanh's
     [-1, 1], sigmoid's [0, 1]) is mapped to the data convention [-1, 1]. ``autocast``: run the
     generator under autocast to this dtype (bf16 on CUDA, see ``perf.autocast_dtype``).
     """

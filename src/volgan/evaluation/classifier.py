@@ -187,7 +187,8 @@ def train_classifier(
     ``max_minutes`` stops after the epoch that exceeds it. ``log_every_epoch`` receives a dict
     (epoch, train_loss, val_accuracy, val_loss, seconds) after every epoch.
 
-    Calls ``torch.manual_seed(seed)``; on CPU two runs with the same arguments give identical weights.
+    Calls ``torch.manual_seed(seed)``; on one CPU two runs with the same arguments give identical
+    weights. On another CPU (other kernels) the weights differ by rounding that training amplifies.
     """
     lbl = _check_set(volumes, labels, num_classes, "training")
     if epochs < 1 or batch_size < 1:
