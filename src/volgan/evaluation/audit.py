@@ -205,7 +205,7 @@ def audit_markdown(m: dict[str, Any], figures: dict[str, str]) -> list[str]:
         ]
     for space, groups in m["spaces"].items():
         lines += [
-            f"### {space} space ({m['distance'][space]})",
+            f"### {'voxel space' if space == 'voxel' else 'feature space'}: {m['distance'][space]}",
             "",
             "| group | n synthetic / held-out | median distance synthetic / held-out "
             "| below p1: share (expected max, p) | below p5: share (expected max, p) | identical | flagged |",

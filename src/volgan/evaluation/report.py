@@ -54,7 +54,7 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
         "",
         f"- real (test): `{inputs['real']}` — {inputs['n_real']}",
         f"- synthetic: `{inputs['synthetic']}` — {inputs['n_synthetic']}",
-        f"- real training data for TSTR/TRTR: `{inputs['real_train']}`",
+        f"- real training data for TSTR/TRTR and the memorisation audit: `{inputs['real_train']}`",
         f"- grid {inputs['size']}³; features: {inputs['features']} ({inputs['feature_dim']}-d); "
         f"settings {json.dumps(inputs['settings'])}",
     ]
