@@ -3,6 +3,13 @@
     python benchmarks/train_step.py --size 64 --batch 4 --rounds 5
     python benchmarks/train_step.py --size 64 --batch 4 --ablation      # each perf.* switch off in turn
     python benchmarks/train_step.py --device cuda --batch 16           # on a GPU (adds MFU)
+    python benchmarks/train_step.py --end-to-end 12                    # + a real `volgan train` loop
+
+``--end-to-end N`` also runs ``volgan train`` for N generator steps on cached phantom class folders
+(same size, batch, classes, n_critic and widths; default logging, log line every step) and compares
+its steady-state seconds per critic step (the median of ``stats.jsonl``'s ``sec_per_step`` after
+the first two steps) with the step the race timed: the gap is what the loop adds (data, logging,
+EMA, bookkeeping).
 
 Every contender runs in its own process and the same schedule: one round is ``n_critic`` critic
 steps and the generator step that follows them, same widths (ngf = ndf = 32), size, batch and number
@@ -67,6 +74,39 @@ def volgan(size: int, batch: int, classes: int, n_critic: int, device: str, perf
     return Contender(trainer.train_step, batch * n_critic, dev)
 
 
+def end_to_end(size: int, batch: int, classes: int, n_critic: int, steps: int, device: str) -> float:
+    """Median seconds per critic step of a real ``volgan train`` run (after its first two steps)."""
+    import json
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from volgan.data.phantom import make_phantom
+
+    root = Path(tempfile.mkdtemp(prefix="volgan-e2e-"))
+    try:
+        rng = np.random.default_rng(0)
+        for k in range(classes):
+            (root / "data" / str(k)).mkdir(parents=True)
+            for i in range(2 * batch):
+                np.save(root / "data" / str(k) / f"v{i}.npy", make_phantom(k % 3, size, rng))
+        args = [
+            "train", "--data", str(root / "data"), "--run-dir", str(root / "run"), "--steps", str(steps),
+            "--device", device, "--set", f"data.size={size}", "--set", f"train.batch_size={batch}",
+            "--set", f"train.n_critic={n_critic}", "--set", "log.every=1", "--set", "log.progress_bar=false",
+        ]  # fmt: skip
+        env = {**os.environ, "VOLGAN_CACHE_DIR": str(root / "cache")}
+        subprocess.run([sys.executable, "-m", "volgan", *args], check=True, env=env, capture_output=True)
+        stats = [json.loads(line) for line in (root / "run" / "stats.jsonl").read_text().splitlines()]
+        per_step = [s["sec_per_step"] for s in stats if s["step"] > 2]
+        return statistics.median(per_step) / n_critic
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def bf16_matmul_rate(device: torch.device, n: int = 8192) -> float:
     """Measured dense bf16 matrix-product FLOP/s of ``device`` (the MFU denominator)."""
     import time
@@ -92,6 +132,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per contender")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra round each)")
+    ap.add_argument("--end-to-end", type=int, default=0, metavar="N", help="also time N steps of `volgan train`")
     add_contender_args(ap)
     a = ap.parse_args()
     shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "n_critic": a.n_critic, "device": a.device}
@@ -101,6 +142,13 @@ def main() -> None:
     print(f"critic step (+ 1 generator step per {a.n_critic}), {a.size}³, batch {a.batch}, {a.classes} classes")
     print(f"{machine_line()}, {torch.get_num_threads()} threads; medians of {a.rounds} alternating rounds")
     print(table(workers, "critic step", workers[0], per=a.n_critic))
+    if a.end_to_end:
+        loop = end_to_end(a.size, a.batch, a.classes, a.n_critic, a.end_to_end, a.device)
+        step = next(w for w in workers if w.name == "volgan").seconds / a.n_critic
+        print(
+            f"end to end: volgan train {loop:.4f} s/critic step (median of steps 3-{a.end_to_end}) vs "
+            f"{step:.4f} in the race: the loop adds {loop / step - 1:+.1%}"
+        )
     if a.device.startswith("cuda") and not a.no_flops:
         peak = bf16_matmul_rate(torch.device(a.device))
         print(f"measured bf16 matmul rate {peak / 1e12:.1f} TFLOP/s")

@@ -67,3 +67,29 @@ def test_critic_starts_with_a_moderate_input_gradient() -> None:
     x = (torch.rand(2, 1, 64, 64, 64) * 2 - 1).requires_grad_(True)
     (grad,) = torch.autograd.grad(d(x, torch.tensor([0, 2])).sum(), x)
     assert grad.flatten(1).norm(dim=1).max() < 5.0
+
+
+@pytest.mark.parametrize(("size", "num_classes"), [(8, 0), (16, 3), (48, 2)])
+def test_generator_with_a_mapping_network_keeps_its_shape_contract(size: int, num_classes: int) -> None:
+    g = Generator(size, latent_dim=8, num_classes=num_classes, ngf=2, embed_dim=4, mapping_layers=2)
+    labels = torch.tensor([0, 1]) if num_classes else None
+    x = g(torch.randn(2, 8), labels)
+    assert x.shape == (2, 1, size, size, size) and x.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("mapping_layers", [0, 2])
+def test_the_latent_sets_every_stage_only_with_a_mapping_network(mapping_layers: int) -> None:
+    """Without a mapping network every stage's norm sees the class alone (the latent enters at the stem
+    and per-sample normalisation washes its statistics out); with one, the latent sets each stage."""
+    torch.manual_seed(0)
+    g = Generator(32, latent_dim=8, num_classes=2, ngf=4, embed_dim=4, mapping_layers=mapping_layers)
+    for p in g.parameters():  # scale/shift projections start at zero; give them weights as training would
+        torch.nn.init.normal_(p, std=0.2)
+    seen: list[torch.Tensor] = []
+    last_norm = g.stages[-1].norm
+    handle = last_norm.register_forward_hook(lambda mod, args, out: seen.append(args[1]))
+    g(torch.randn(2, 8), torch.tensor([1, 1]))  # two latents, one class
+    handle.remove()
+    (cond,) = seen
+    assert cond.shape == (2, 8 if mapping_layers else 4)
+    assert torch.equal(cond[0], cond[1]) is (mapping_layers == 0)

@@ -163,3 +163,18 @@ def test_single_class_data_trains_an_unconditional_model(tmp_path: Path) -> None
     vols = generate(loaded.generator, torch.zeros(2, dtype=torch.long), seed=0).numpy()
     paths = write_samples(loaded, vols, [0, 0], [0, 1], 0, tmp_path / "out", "npy")
     assert [p.name for p in paths] == ["all_seed0_00000.npy", "all_seed0_00001.npy"]
+
+
+def test_a_checkpoint_from_before_the_mapping_network_resumes_and_a_styled_config_is_refused(tmp_path: Path) -> None:
+    """Checkpoints written before ``model.mapping_layers`` existed hold the seed design (0 layers)."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(run, train={"steps": 2}), tiny_data()).fit()
+    newest = ckpt.newest_checkpoint(run)
+    assert newest is not None
+    state = torch.load(newest, weights_only=True)
+    del state["config"]["model"]["mapping_layers"]
+    torch.save(state, newest)
+    resumed = Trainer(tiny_config(run, train={"steps": 3}), tiny_data(), resume=run)
+    assert resumed.step == 2
+    with pytest.raises(CheckpointError, match=r"model\.mapping_layers is 0 there, 2 here"):
+        Trainer(tiny_config(run, model={"mapping_layers": 2}, train={"steps": 3}), tiny_data(), resume=run)

@@ -106,6 +106,9 @@ class ModelConfig(_Section):
     max_channels: int = Field(512, ge=1, le=2048)
     ac_weight: float = Field(0.0, ge=0)
     minibatch_std: bool = False
+    # wgan_gp: depth of the mapping network from (latent, class) to every stage's norm scale/shift
+    # (adaptive instance norm); 0 = the seed design, latent at the stem only
+    mapping_layers: int = Field(0, ge=0, le=8)
 
 
 class TrainConfig(_Section):
@@ -262,6 +265,11 @@ class Config(_Section):
             raise ValueError(
                 "model.minibatch_std: only for family dcgan (it couples the volumes of a batch; the "
                 "WGAN-GP's per-sample gradient penalty needs them independent)"
+            )
+        if self.model.mapping_layers and self.model.family != "wgan_gp":
+            raise ValueError(
+                "model.mapping_layers: only for family wgan_gp (its instance norms take the style; the 3D-GAN "
+                "generator uses BatchNorm)"
             )
         return self
 

@@ -54,7 +54,7 @@ log = logging.getLogger("volgan")
 # Settings that must match between a checkpoint and the run that resumes or samples from it.
 ARCHITECTURE_KEYS = {
     "data": ("size",),
-    "model": ("family", "latent_dim", "embed_dim", "ngf", "ndf", "max_channels", "ac_weight"),
+    "model": ("family", "latent_dim", "embed_dim", "ngf", "ndf", "max_channels", "ac_weight", "mapping_layers"),
 }
 
 
@@ -77,7 +77,9 @@ def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
     """Refuse a checkpoint whose architecture differs from ``cfg``, naming the first differing key."""
     for section, keys in ARCHITECTURE_KEYS.items():
         for key in keys:
-            a, b = saved[section][key], getattr(getattr(cfg, section), key)
+            here = getattr(cfg, section)
+            # a key added after the checkpoint was written holds its default there
+            a, b = saved[section].get(key, type(here).model_fields[key].default), getattr(here, key)
             if a != b:
                 raise CheckpointError(
                     f"{where}: checkpoint of another config: {section}.{key} is {a!r} there, {b!r} here"

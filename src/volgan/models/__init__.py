@@ -25,7 +25,7 @@ def build_models(cfg: Config, num_classes: int) -> tuple[AnyGenerator, AnyDiscri
             ),
         )
     return (
-        Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels),
+        Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.mapping_layers),
         Critic(size, num_classes, m.ndf, m.max_channels, aux_classifier=m.ac_weight > 0),
     )
 

@@ -46,6 +46,30 @@ class ConditionalInstanceNorm3d(nn.Module):
         return self.norm(x, 1 + scale, shift)
 
 
+class MappingNetwork(nn.Module):
+    """Latent (+ class embedding) -> style vector that sets every stage's instance-norm scale and shift.
+
+    Instance normalisation removes each sample's per-channel statistics, which is where a latent
+    given only at the stem lives after the first stage: the later stages then see the class alone
+    and the generator collapses to one volume per class. Re-injecting a style computed from the
+    latent at every stage (adaptive instance norm, as in style-based generators, Karras et al.
+    2019) keeps the latent's influence at every resolution while keeping InstanceNorm's per-sample
+    statistics, so batch size 1 stays stable.
+    """
+
+    def __init__(self, in_dim: int, style_dim: int, layers: int) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods += [nn.Linear(in_dim if i == 0 else style_dim, style_dim), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, in_dim) -> (B, style_dim)."""
+        # unit-length inputs, as StyleGAN's pixel norm: the style does not depend on |z|'s spread
+        return self.net(z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8))
+
+
 class _UpStage(nn.Module):
     def __init__(self, c_in: int, c_out: int, cond_dim: int) -> None:
         super().__init__()
@@ -70,15 +94,20 @@ class Generator(nn.Module):
         ngf: int = 32,
         embed_dim: int = 64,
         max_channels: int = 512,
+        mapping_layers: int = 0,
     ) -> None:
         super().__init__()
         self.size, self.latent_dim, self.num_classes = size, latent_dim, num_classes
         base, n_stages = grid_stages(size)
         chans = stage_channels(ngf, n_stages, max_channels)
-        cond_dim = embed_dim if num_classes else 0
+        class_dim = embed_dim if num_classes else 0
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        # mapping_layers > 0: every norm's scale/shift come from a style of (latent, class); else
+        # from the class embedding alone (the seed design: the latent enters at the stem only).
+        self.mapping = MappingNetwork(latent_dim + class_dim, latent_dim, mapping_layers) if mapping_layers else None
+        cond_dim = latent_dim if mapping_layers else class_dim
         # A transposed conv with kernel `base` on a 1³ input is a dense layer to a base³ block.
-        self.stem = StemConvTranspose3d(latent_dim + cond_dim, chans[0], base, bias=False)
+        self.stem = StemConvTranspose3d(latent_dim + class_dim, chans[0], base, bias=False)
         self.stem_norm = ConditionalInstanceNorm3d(chans[0], cond_dim)
         self.stages = nn.ModuleList(_UpStage(a, b, cond_dim) for a, b in itertools.pairwise(chans))
         self.to_volume = SubpixelConvTranspose3d(chans[-1], 1)
@@ -91,6 +120,8 @@ class Generator(nn.Module):
                 raise ValueError("a conditional generator needs class labels")
             cond = self.embed(labels)
             z = torch.cat([z, cond], dim=1)
+        if self.mapping is not None:
+            cond = self.mapping(z)
         x = torch.relu(self.stem_norm(self.stem(z[:, :, None, None, None]), cond))
         for stage in self.stages:
             x = stage(x, cond)
