@@ -1,0 +1,462 @@
+"""Time to quality: train for a wall-clock budget and score the generator on held-out data at K points.
+
+    python benchmarks/time_to_quality.py --data phantom64 --minutes 60 --points 6
+    python benchmarks/time_to_quality.py --data adrenal64 --size 32 --minutes 20 --points 4
+    python benchmarks/time_to_quality.py --data modelnet32 --minutes 20 --points 4
+    python benchmarks/time_to_quality.py --data DIR --held-out DIR2 --config my.yaml --minutes 30 --points 3
+    python benchmarks/time_to_quality.py --data phantom64 --contenders volgan \\
+        --variant narrow:model.ngf=16,model.ndf=16 --variant wide:model.ngf=48    # ablations in one run
+
+Each contender trains for ``--minutes`` split into ``--points`` equal chunks, one contender after
+another. After every chunk the generator (volgan: the EMA weights of the checkpoint, exactly as
+``volgan sample`` loads them; the yardstick: its G) makes ``--n`` volumes per class, which get
+``volgan evaluate``'s metrics against the held-out split: FD next to its real-vs-real reference,
+precision/recall/density/coverage, within-class MS-SSIM and 1 − voxel correlation (synthetic next
+to real) and the judge's conditional accuracy (synthetic next to real). The judge is trained once
+per dataset on the training split and cached in ``--out``. Evaluation time is not training time.
+
+The yardstick (``../shared/bench/naive_cwgan.py``, ``--yardstick PATH``) trains on the same
+batches (volgan's batch size and data order) with its own schedule (``critic_step``'s n_critic).
+Writes ``OUT/time_to_quality.json`` (everything) and ``OUT/time_to_quality.png`` (the curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _harness import DEFAULT_YARDSTICK, load_yardstick, machine_line
+
+from volgan.config import DataConfig, build_config, merge_dicts, parse_override, read_yaml
+from volgan.data.volume_set import VolumeSet
+from volgan.evaluation.evaluate import Labelled
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+BUILT_IN = {
+    "phantom64": "built-in head phantom: train = make_phantom_set(seed 0), held out = seed 1",
+    "adrenal64": "AdrenalMNIST3D: train split -> train, val split -> held out",
+    "modelnet32": "ModelNet10 chair + monitor: the last 15 % of each class file held out",
+}
+ADRENAL = SHARED / "adrenalmnist3d" / "adrenalmnist3d_64_trainval.npz"
+MODELNET = SHARED / "modelnet10_32"
+MODELNET_CONFIG = REPO / "config" / "examples" / "modelnet32_dcgan.yaml"
+# table columns: (heading, point key, format)
+COLUMNS = (
+    ("min", "minutes", "{:.2f}"),
+    ("steps", "steps", "{:d}"),
+    ("FD", "fd", "{:.4g}"),
+    ("FD ref", "fd_ref", "{:.4g}"),
+    ("FD/ref", "fd_ratio", "{:.2f}"),
+    ("prec", "precision", "{:.2f}"),
+    ("recall", "recall", "{:.2f}"),
+    ("dens", "density", "{:.2f}"),
+    ("cover", "coverage", "{:.2f}"),
+    ("MS-SSIM", "ms_ssim", "{:.3f}"),
+    ("real", "ms_ssim_real", "{:.3f}"),
+    ("1-corr", "diversity", "{:.3f}"),
+    ("real", "diversity_real", "{:.3f}"),
+    ("cond acc", "cond_acc", "{:.3f}"),
+    ("real", "cond_acc_real", "{:.3f}"),
+    ("eval s", "eval_seconds", "{:.0f}"),
+)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: VolumeSet
+    held_out: Labelled
+    data_cfg: DataConfig
+    description: str
+
+
+def overrides_of(texts: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for text in texts:
+        out = merge_dicts(out, parse_override(text))
+    return out
+
+
+def common_config(a: argparse.Namespace) -> dict[str, Any]:
+    """--config (modelnet32: the 3D-GAN example config), then --size and --set; no variant yet."""
+    if a.config:
+        base = read_yaml(Path(a.config))
+    elif a.data == "modelnet32":
+        base = read_yaml(MODELNET_CONFIG)
+    else:
+        base = {}
+    sets = list(a.set) + ([f"data.size={a.size}"] if a.size else [])
+    if a.data == "modelnet32":
+        sets.insert(0, "data.binary=true")
+    return merge_dicts(base, overrides_of(sets))
+
+
+def as_labelled(vs: VolumeSet, source: str) -> Labelled:
+    return Labelled(np.asarray(vs.volumes), np.asarray(vs.labels), list(vs.class_names), source)
+
+
+def load_dataset(a: argparse.Namespace, data_cfg: DataConfig) -> Dataset:
+    from volgan.data.dataset import load_volumes
+
+    if a.data == "phantom64":
+        from volgan.data import phantom
+
+        names = list(phantom.CLASS_NAMES)
+        train = VolumeSet.from_arrays(*phantom.make_phantom_set(a.phantom_train, data_cfg.size, 0), names)
+        vols, labels = phantom.make_phantom_set(a.phantom_held_out, data_cfg.size, 1)
+        held = Labelled(vols, labels, names, f"phantoms, seed 1, {a.phantom_held_out} per class")
+        return Dataset(a.data, train, held, data_cfg, BUILT_IN[a.data])
+    if a.data == "adrenal64":
+        train = load_volumes(data_cfg.model_copy(update={"npz_split": "train"}), ADRENAL)
+        val = load_volumes(data_cfg.model_copy(update={"npz_split": "val"}), ADRENAL)
+        return Dataset(a.data, train, as_labelled(val, f"{ADRENAL} [val]"), data_cfg, BUILT_IN[a.data])
+    if a.data == "modelnet32":
+        full = load_volumes(data_cfg, MODELNET)
+        keep, hold = [], []
+        for k in range(full.num_classes):
+            idx = np.flatnonzero(full.labels == k)  # file order: the last 15 % of each class file is held out
+            cut = len(idx) - max(1, round(0.15 * len(idx)))
+            keep.append(idx[:cut])
+            hold.append(idx[cut:])
+        tr, ho = np.concatenate(keep), np.concatenate(hold)
+        vols = np.asarray(full.volumes)
+        train = VolumeSet.from_arrays(
+            vols[tr],
+            full.labels[tr],
+            full.class_names,
+            full.spacing,
+            full.intensity_range,
+            [full.sources[i] for i in tr],
+        )
+        held = Labelled(vols[ho], full.labels[ho], list(full.class_names), f"{MODELNET} (last 15 % per class)")
+        return Dataset(a.data, train, held, data_cfg, BUILT_IN[a.data])
+    root = Path(a.data)
+    if a.held_out is None and root.suffix.lower() != ".npz":
+        raise SystemExit(f"--data {root}: pass --held-out DIR (the data to score against), or use a built-in set")
+    train = load_volumes(
+        data_cfg.model_copy(update={"npz_split": "train"}) if root.suffix == ".npz" else data_cfg, root
+    )
+    held_root = Path(a.held_out) if a.held_out else root
+    held_cfg = data_cfg.model_copy(update={"npz_split": "val"}) if held_root.suffix.lower() == ".npz" else data_cfg
+    held = as_labelled(load_volumes(held_cfg, held_root), str(held_root))
+    return Dataset(str(root), train, held, data_cfg, f"{root} -> train, {held_root} -> held out")
+
+
+def judge_for(ds: Dataset, a: argparse.Namespace, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The judge classifier trained on the training split, cached in OUT/judge-<dataset>-<size>/."""
+    from volgan.evaluation.classifier import load_classifier, save_classifier, train_classifier
+
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(ds.name).name)
+    folder = Path(a.out) / f"judge-{tag}-{ds.data_cfg.size}"
+    key = {
+        "dataset": ds.name,
+        "n_train": len(ds.train.labels),
+        "classes": ds.train.class_names,
+        "epochs": a.judge_epochs,
+    }
+    if (folder / "classifier.pt").exists():
+        judge, meta = load_classifier(folder)
+        if meta.get("time_to_quality") == key and meta["size"] == ds.data_cfg.size:
+            print(f"judge: reusing {folder} (held-out accuracy {meta.get('held_out_accuracy')})", file=sys.stderr)
+            return judge, meta
+    t0 = time.perf_counter()
+    vols = np.asarray(ds.train.volumes)
+    judge, report = train_classifier(
+        vols, ds.train.labels, ds.train.num_classes, epochs=a.judge_epochs, seed=a.seed, device=device
+    )
+    meta = {
+        "class_names": list(ds.train.class_names),
+        "size": ds.data_cfg.size,
+        "intensity": "[-1, 1]",
+        "data": ds.data_cfg.model_dump(mode="json"),
+        "epochs": a.judge_epochs,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "held_out_accuracy": report.val_accuracy,
+        "n_train": report.n_train,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "time_to_quality": key,
+    }
+    save_classifier(folder, judge, meta)
+    print(f"judge: trained in {meta['seconds']} s, held-out accuracy {report.val_accuracy}", file=sys.stderr)
+    return judge.eval(), meta
+
+
+class Scorer:
+    """Scores (N, S, S, S) volumes in [-1, 1] generated for ``labels`` against the held-out set."""
+
+    def __init__(self, ds: Dataset, judge: Any, meta: dict[str, Any], a: argparse.Namespace, device: Any) -> None:
+        self.ds, self.judge, self.meta, self.a, self.device = ds, judge, meta, a, device
+
+    def labels(self) -> torch.Tensor:
+        return torch.arange(self.ds.train.num_classes).repeat_interleave(self.a.n)
+
+    def __call__(self, volumes: np.ndarray, source: str) -> dict[str, Any]:
+        from volgan.evaluation.commands import as_loaded
+        from volgan.evaluation.curve import curve_metrics
+
+        t0 = time.perf_counter()
+        synthetic = Labelled(
+            as_loaded(volumes, self.ds.data_cfg), self.labels().numpy(), list(self.ds.train.class_names), source
+        )
+        point: dict[str, Any] = dict(
+            curve_metrics(
+                self.judge,
+                self.meta,
+                self.ds.held_out,
+                synthetic,
+                seed=self.a.seed,
+                n_draws=self.a.draws,
+                device=self.device,
+            )
+        )
+        point["eval_seconds"] = time.perf_counter() - t0
+        return point
+
+
+def run_volgan(
+    name: str, cfg_dict: dict[str, Any], ds: Dataset, score: Scorer, a: argparse.Namespace
+) -> dict[str, Any]:
+    """Train in RUN = OUT/runs/NAME, one Trainer.fit() of train.max_minutes = M/K per point."""
+    from volgan.device import resolve_device
+    from volgan.sampling import generate, load_generator
+    from volgan.training import Trainer
+
+    run_dir = Path(a.out) / "runs" / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own scratch folder from an earlier run
+    forced = {
+        "run_dir": str(run_dir),
+        "seed": a.seed,
+        "train": {"max_minutes": a.minutes / a.points, "steps": 10**9},  # the clock ends every chunk
+        # a record every step: a chunk shorter than log.every steps would otherwise end with no
+        # stats record, and the end-of-fit loss figure refuses an empty log
+        "log": {"progress_bar": False, "every": 1},
+    }
+    cfg = build_config(merge_dicts(cfg_dict, forced), f"<time_to_quality: {name}>")
+    trainer = Trainer(cfg, ds.train)
+    device = resolve_device(cfg.device)
+    points, minutes = [], 0.0
+    for k in range(a.points):
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        minutes += (time.perf_counter() - t0) / 60
+        loaded = load_generator(run_dir, ema=True, device=device)
+        vols = generate(loaded.generator, score.labels(), a.seed, 0, 8, device, loaded.autocast).numpy()
+        point = {"point": k + 1, "minutes": minutes, "steps": result.step}
+        point |= score(vols, f"{name} (EMA, step {result.step})")
+        points.append(point)
+        progress(name, point)
+        if result.interrupted:
+            break
+    return {"kind": "volgan", "run_dir": str(run_dir), "config": cfg.to_dict(), "points": points}
+
+
+def run_yardstick(
+    path: Path, ds: Dataset, batch: int, score: Scorer, a: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    """naive_cwgan's G/D/Adam from its make(); volgan's batches; its critic_step() schedule."""
+    from volgan.data.stream import BatchStream
+
+    if device.type == "cuda":
+        torch.set_default_device(device)  # the yardstick makes its tensors (and the penalty's alpha) there
+    naive = load_yardstick(path)
+    size, n_classes = ds.data_cfg.size, ds.train.num_classes
+    g, d, og, od, _, _ = naive.make(size, batch, n_classes)
+    n_critic = int(inspect.signature(naive.critic_step).parameters["n_critic"].default)
+    stream = BatchStream(len(ds.train.labels), batch, a.seed)
+    labels = ds.train.labels.astype(np.int64)
+    torch.manual_seed(a.seed)
+    points, minutes, i = [], 0.0, 0
+    for k in range(a.points):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 60 * a.minutes / a.points:
+            idx = np.sort(stream.next())
+            real = torch.from_numpy(np.ascontiguousarray(ds.train.volumes[idx], dtype=np.float32)).unsqueeze(1)
+            y = torch.from_numpy(labels[idx]).to(device)
+            naive.critic_step(i, g, d, og, od, real.to(device), y)
+            i += 1
+        minutes += (time.perf_counter() - t0) / 60
+        y = score.labels().to(device)
+        z = torch.randn(len(y), naive.Z, generator=torch.Generator().manual_seed(a.seed)).to(device)
+        with torch.no_grad():
+            vols = torch.cat([g(z[j : j + 8], y[j : j + 8])[:, 0].cpu() for j in range(0, len(y), 8)]).numpy()
+        steps = math.ceil(i / n_critic)  # critic_step updates G when i % n_critic == 0
+        point = {"point": k + 1, "minutes": minutes, "steps": steps, "critic_steps": i}
+        point |= score(vols, f"yardstick (step {steps})")
+        points.append(point)
+        progress("yardstick", point)
+    torch.set_default_device(None)
+    return {"kind": "yardstick", "path": str(path), "batch_size": batch, "n_critic": n_critic, "points": points}
+
+
+def fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return spec.format(value)
+
+
+def progress(name: str, p: dict[str, Any]) -> None:
+    two = "{:.2f}"
+    print(
+        f"{name}: point {p['point']}, {p['minutes']:.2f} min, {p['steps']} steps: FD/ref {fmt(p['fd_ratio'], two)}, "
+        f"recall {fmt(p['recall'], two)}, coverage {fmt(p['coverage'], two)} ({p['eval_seconds']:.0f} s eval)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def table(name: str, points: list[dict[str, Any]]) -> str:
+    widths = [max(len(h), 7) for h, _, _ in COLUMNS]
+    lines = [name, "  ".join(f"{h:>{w}}" for (h, _, _), w in zip(COLUMNS, widths, strict=True))]
+    for p in points:
+        lines.append("  ".join(f"{fmt(p.get(k), f):>{w}}" for (_, k, f), w in zip(COLUMNS, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("FD / real-vs-real FD", "fd_ratio", None),
+        ("recall", "recall", "recall_ref"),
+        ("coverage", "coverage", "coverage_ref"),
+        ("within-class MS-SSIM", "ms_ssim", "ms_ssim_real"),
+        ("conditional accuracy", "cond_acc", "cond_acc_real"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), layout="constrained")
+    for ax, (label, key, ref) in zip(axes, panels, strict=True):
+        for name, r in results.items():
+            pts = [p for p in r["points"] if p.get(key) is not None]
+            ax.plot([p["minutes"] for p in pts], [p[key] for p in pts], "o-", label=name)
+            refs = [p[ref] for p in r["points"] if ref and p.get(ref) is not None]
+            if refs:  # the same held-out set for everyone: one dashed line per metric would do
+                ax.axhline(float(np.mean(refs)), color="grey", ls="--", lw=1)
+        if key == "fd_ratio":
+            ax.axhline(1.0, color="grey", ls="--", lw=1)
+            ax.set_yscale("log")
+        ax.set_title(label + ("" if key == "fd_ratio" else " (dashed: real)"), fontsize=9)
+        ax.set_xlabel("training minutes")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, sets = text.partition(":")
+    if not sep or not name or not sets:
+        raise SystemExit(f"--variant {text!r}: expected NAME:key=value[,key=value...], e.g. style:model.style=true")
+    keys = [s.strip() for s in re.split(r",(?=[\w.]+=)", sets) if s.strip()]
+    if any(k.startswith("data.") for k in keys):
+        raise SystemExit(f"--variant {text!r}: data.* keys would change the data set; pass them with --set")
+    return name, keys
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", required=True, help=f"{', '.join(BUILT_IN)}, or a data folder/.npz (with --held-out)")
+    ap.add_argument("--held-out", help="held-out data for --data PATH (an .npz PATH defaults to its val split)")
+    ap.add_argument("--size", type=int, help="training grid (e.g. 32 for a quick phantom64/adrenal64 run)")
+    ap.add_argument("--minutes", type=float, required=True, help="training budget per contender")
+    ap.add_argument("--points", type=int, default=4, help="evaluations, one after each M/K minutes")
+    ap.add_argument("--contenders", default="volgan,yardstick", help="comma list of volgan, yardstick")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,... another volgan contender")
+    ap.add_argument("--config", help="volgan's config (default: volgan's defaults; modelnet32: its example config)")
+    ap.add_argument("--set", action="append", default=[], help="key=value for every volgan contender")
+    ap.add_argument("--out", default="runs/time_to_quality", help="output folder (judge cache, runs, JSON, PNG)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--n", type=int, default=64, help="synthetic volumes per class at each point")
+    ap.add_argument("--draws", type=int, default=3, help="synthetic subsamples per distribution metric")
+    ap.add_argument("--judge-epochs", type=int, default=20)
+    ap.add_argument("--phantom-train", type=int, default=96, help="phantom64: training phantoms per class")
+    ap.add_argument("--phantom-held-out", type=int, default=32, help="phantom64: held-out phantoms per class")
+    ap.add_argument("--yardstick", default=str(DEFAULT_YARDSTICK), help="path of naive_cwgan.py")
+    a = ap.parse_args()
+    if a.minutes <= 0 or a.points < 1 or a.n < 2:
+        raise SystemExit("--minutes must be > 0, --points >= 1 and --n >= 2")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from volgan.device import resolve_device
+
+    contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    unknown = set(contenders) - {"volgan", "yardstick"}
+    if unknown:
+        raise SystemExit(f"--contenders: unknown {sorted(unknown)}; use volgan and/or yardstick (and --variant)")
+    variants = [parse_variant(v) for v in a.variant]
+    common = common_config(a)
+    cfg = build_config(common, "<time_to_quality>")
+    device = resolve_device(cfg.device)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(a, cfg.data)
+    if list(ds.held_out.class_names) != list(ds.train.class_names) or ds.train.num_classes < 2:
+        raise SystemExit(
+            f"train classes {ds.train.class_names} and held-out {ds.held_out.class_names} must match (>= 2)"
+        )
+    judge, meta = judge_for(ds, a, device)
+    score = Scorer(ds, judge, meta, a, device)
+
+    results: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    for name in contenders:
+        if name == "volgan":
+            results["volgan"] = run_volgan("volgan", common, ds, score, a)
+        elif a.yardstick == "none" or not Path(a.yardstick).exists():
+            notes.append(f"yardstick skipped: {a.yardstick} not found (pass --yardstick PATH)")
+        elif ds.data_cfg.size & (ds.data_cfg.size - 1):
+            notes.append(f"yardstick skipped: it builds power-of-two grids only, not {ds.data_cfg.size}³")
+        else:
+            results["yardstick"] = run_yardstick(Path(a.yardstick), ds, cfg.train.batch_size, score, a, device)
+        if name in results:
+            print(table(name, results[name]["points"]), flush=True)
+    for name, sets in variants:
+        results[name] = run_volgan(name, merge_dicts(common, overrides_of(sets)), ds, score, a)
+        results[name]["variant"] = sets
+        print(table(name, results[name]["points"]), flush=True)
+    for note in notes:
+        print(note)
+
+    summary = {
+        "machine": machine_line(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "dataset": {
+            "name": ds.name,
+            "description": ds.description,
+            "size": ds.data_cfg.size,
+            "classes": list(ds.train.class_names),
+            "n_train": ds.train.class_counts(),
+            "n_held_out": {c: int((ds.held_out.labels == k).sum()) for k, c in enumerate(ds.held_out.class_names)},
+        },
+        "judge": {k: meta.get(k) for k in ("held_out_accuracy", "epochs", "n_train", "seconds")},
+        "settings": {"minutes": a.minutes, "points": a.points, "n_per_class": a.n, "draws": a.draws, "seed": a.seed},
+        "notes": notes,
+        "contenders": results,
+    }
+    out = Path(a.out)
+    (out / "time_to_quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+    title = f"{ds.name} {ds.data_cfg.size}³, {a.minutes:g} min; {machine_line()}, {torch.get_num_threads()} threads"
+    plot(results, out / "time_to_quality.png", title)
+    print(f"{title}\nwrote {out / 'time_to_quality.json'} and {out / 'time_to_quality.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""One point of a quality-over-training-time curve: ``volgan evaluate``'s headline metrics, flat.
+
+:func:`curve_metrics` runs :func:`~volgan.evaluation.evaluate.evaluate` without the slow parts
+(no TSTR, no memorisation audit) and returns one flat dict per point, each synthetic figure next
+to its real-vs-real (``*_ref``) or real (``*_real``) counterpart, so a benchmark can tabulate
+and plot many points cheaply. :func:`correlation_diversity` adds a plain voxel-space diversity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from volgan.evaluation.classifier import VolumeClassifier
+from volgan.evaluation.evaluate import OVERALL, EvalSettings, Labelled, align_classes, evaluate
+
+# evaluate()'s overall distribution metrics that a curve point keeps, each with its real-vs-real "_ref"
+DISTRIBUTION_KEYS = ("fd", "precision", "recall", "density", "coverage")
+
+
+def correlation_diversity(volumes: np.ndarray, labels: np.ndarray, n_pairs: int = 50, seed: int = 0) -> float | None:
+    """1 − mean Pearson correlation of the voxels of random same-class pairs, averaged over classes.
+
+    ``volumes`` (N, S, S, S), ``labels`` (N,). 0 means every volume of a class is the same up to
+    brightness and contrast; higher is more diverse. A pair with a constant volume counts as
+    correlation 1 (it carries no variation). None when no class has two volumes.
+    """
+    rng = np.random.default_rng(seed)
+    per_class = []
+    for k in np.unique(labels):
+        vols = volumes[labels == k].reshape(int((labels == k).sum()), -1).astype(np.float64)
+        n = len(vols)
+        if n < 2:
+            continue
+        pairs = np.array([rng.choice(n, size=2, replace=False) for _ in range(n_pairs)])
+        a, b = vols[pairs[:, 0]], vols[pairs[:, 1]]
+        a = a - a.mean(1, keepdims=True)
+        b = b - b.mean(1, keepdims=True)
+        norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        corr = np.where(norm > 0, (a * b).sum(1) / np.where(norm > 0, norm, 1.0), 1.0)
+        per_class.append(1.0 - float(corr.mean()))
+    return float(np.mean(per_class)) if per_class else None
+
+
+def curve_metrics(
+    judge: VolumeClassifier,
+    judge_meta: dict[str, Any],
+    real: Labelled,
+    synthetic: Labelled,
+    *,
+    seed: int = 0,
+    n_draws: int = 3,
+    n_pairs: int = 50,
+    device: str | torch.device = "cpu",
+) -> dict[str, float | None]:
+    """The headline metrics of ``synthetic`` against the held-out ``real`` set, flat:
+
+    ``fd``/``fd_ref``/``fd_ratio`` (FD and its real-vs-real reference), precision, recall, density,
+    coverage (each with ``_ref``), ``ms_ssim``/``ms_ssim_real`` (within-class diversity),
+    ``cond_acc``/``cond_acc_real`` (the judge's balanced accuracy) and
+    ``diversity``/``diversity_real`` (:func:`correlation_diversity`). None where a metric is
+    undefined for these set sizes.
+    """
+    settings = EvalSettings(seed=seed, n_draws=n_draws, n_pairs=n_pairs, tstr=False, audit=False, device=device)
+    m = evaluate(real, synthetic, judge, judge_meta, settings).metrics
+    overall = m["distribution"].get(OVERALL, {"synthetic": {}, "reference": {}})
+    out: dict[str, float | None] = {}
+    for key in DISTRIBUTION_KEYS:
+        out[key] = overall["synthetic"].get(key)
+        out[f"{key}_ref"] = overall["reference"].get(key)
+    fd, ref = out["fd"], out["fd_ref"]
+    out["fd_ratio"] = fd / ref if fd is not None and ref else None
+    for flat, section in (("ms_ssim", "diversity_ms_ssim"), ("cond_acc", "conditional_accuracy")):
+        out[flat] = m[section][OVERALL]["synthetic"]
+        out[f"{flat}_real"] = m[section][OVERALL]["real"]
+    aligned = align_classes(real, synthetic)
+    out["diversity"] = correlation_diversity(aligned.volumes, aligned.labels, n_pairs, seed)
+    out["diversity_real"] = correlation_diversity(real.volumes, real.labels, n_pairs, seed)
+    return out
