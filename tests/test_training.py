@@ -178,3 +178,14 @@ def test_a_checkpoint_from_before_the_mapping_network_resumes_and_a_styled_confi
     assert resumed.step == 2
     with pytest.raises(CheckpointError, match=r"model\.mapping_layers is 0 there, 2 here"):
         Trainer(tiny_config(run, model={"mapping_layers": 2}, train={"steps": 3}), tiny_data(), resume=run)
+
+
+def test_a_run_stopped_by_its_time_budget_logs_its_last_step(tmp_path: Path) -> None:
+    """The budget ends the run before its first regular log step; the stop is still logged and plotted."""
+    run = tmp_path / "run"
+    cfg = tiny_config(run, train={"steps": 50, "max_minutes": 1e-6}, log={"every": 10, "checkpoint_every": 100})
+    result = Trainer(cfg, tiny_data()).fit()
+    assert result.step == 1 and not result.interrupted
+    records = [line for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
+    assert len(records) == 1 and '"step": 1' in records[0]
+    assert (run / "figures" / "losses.png").stat().st_size > 0

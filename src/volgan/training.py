@@ -494,14 +494,19 @@ class Trainer:
         try:
             while self.step < target:
                 values = self.train_step()
-                if self.step % every.every == 0 or self.step == target:  # the same steps on every rank
+                over_budget = bool(cfg.train.max_minutes and time.perf_counter() - start > 60 * cfg.train.max_minutes)
+                # every rank stops at the same step, whichever rank got the signal or ran out of time
+                stop = distributed.any_true(over_budget or self._stop_signal is not None, self.dist, self.device)
+                # the last step is always logged, so stats.jsonl (and losses.png) hold where the run stopped
+                log_now = self.step % every.every == 0 or self.step == target or stop
+                if log_now:  # the same steps on every rank
                     values = distributed.mean_values(values, self.dist, self.device)
                 epoch_values.append(values)
                 if logger is not None:
                     logger.advance()
                     if self.stream.epoch != epoch:  # per-epoch means for TensorBoard
                         logger.epoch_scalars(epoch, epoch_values)
-                    if self.step % every.every == 0 or self.step == target:
+                    if log_now:
                         now = time.perf_counter()
                         values["sec_per_step"] = (now - last_log) / max(1, self.step - log_start_step)
                         last_log, log_start_step = now, self.step
@@ -513,9 +518,7 @@ class Trainer:
                         saved_at = self.step
                 if self.stream.epoch != epoch:
                     epoch, epoch_values = self.stream.epoch, []
-                over_budget = bool(cfg.train.max_minutes and time.perf_counter() - start > 60 * cfg.train.max_minutes)
-                # every rank stops at the same step, whichever rank got the signal or ran out of time
-                if distributed.any_true(over_budget or self._stop_signal is not None, self.dist, self.device):
+                if stop:
                     if over_budget:
                         log.info("time budget of %.1f min reached at step %d", cfg.train.max_minutes, self.step)
                     elif self._stop_signal is None:
