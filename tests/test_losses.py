@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from volgan.losses import critic_loss, generator_loss, gradient_penalty
+from volgan.losses import critic_loss, generator_loss, gradient_penalty, mode_seeking_loss
 
 
 def test_gradient_penalty_of_a_linear_critic_is_exact() -> None:
@@ -39,3 +40,26 @@ def test_wasserstein_losses() -> None:
     real, fake = torch.tensor([2.0, 4.0]), torch.tensor([1.0, -1.0])
     assert critic_loss(real, fake).item() == -3.0
     assert generator_loss(fake).item() == 0.0
+
+
+def test_mode_seeking_loss_by_hand() -> None:
+    """Pairs (0, 1) and (2, 3): |Δx| means 2 and 0.5, |Δz| means 1 and 1 -> mean of 1/2 and 1/0.5."""
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0], [1.0, 1.0], [1.5, 0.5]])
+    z = torch.tensor([[0.0], [1.0], [3.0], [2.0]])
+    torch.testing.assert_close(mode_seeking_loss(fake, z, eps=0.0), torch.tensor((1 / 2 + 1 / 0.5) / 2))
+
+
+def test_mode_seeking_loss_grows_as_a_generator_collapses_and_pushes_pairs_apart() -> None:
+    z = torch.randn(4, 8)
+    spread = torch.randn(4, 1, 4, 4, 4)
+    collapsed = spread[:1].repeat(4, 1, 1, 1, 1) + 1e-3 * spread
+    assert mode_seeking_loss(collapsed, z) > 100 * mode_seeking_loss(spread, z)
+    x = collapsed.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(mode_seeking_loss(x, z), x)
+    stepped = x.detach() - 1e-6 * grad  # one small descent step moves each pair's volumes apart
+    assert mode_seeking_loss(stepped, z) < mode_seeking_loss(collapsed, z)
+
+
+def test_mode_seeking_loss_needs_pairs() -> None:
+    with pytest.raises(ValueError, match="batch must be even, got 3"):
+        mode_seeking_loss(torch.zeros(3, 2), torch.zeros(3, 1))

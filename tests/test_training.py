@@ -189,3 +189,13 @@ def test_a_run_stopped_by_its_time_budget_logs_its_last_step(tmp_path: Path) -> 
     records = [line for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 1 and '"step": 1' in records[0]
     assert (run / "figures" / "losses.png").stat().st_size > 0
+
+
+def test_mode_seeking_pairs_classes_and_trains(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tmp_path / "run", train={"batch_size": 4, "mode_seeking": 1.0}), tiny_data())
+    before = [p.clone() for p in trainer.generator.parameters()]
+    values = trainer.train_step()
+    assert np.isfinite(values["loss_g"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.generator.parameters(), strict=True))
+    with pytest.raises(VolganError, match=r"train\.batch_size must be even, got 3"):
+        tiny_config(tmp_path / "odd", train={"batch_size": 3, "mode_seeking": 1.0})

@@ -132,6 +132,8 @@ class TrainConfig(_Section):
     label_flip: float = Field(0.0, ge=0, le=0.5)
     instance_noise: float = Field(0.0, ge=0, le=1)
     instance_noise_steps: int = Field(0, ge=0)
+    # wgan_gp: weight of the mode-seeking term (Mao et al. 2019) in the generator loss; 0 = off
+    mode_seeking: float = Field(0.0, ge=0)
 
     @field_validator("betas")
     @classmethod
@@ -265,6 +267,13 @@ class Config(_Section):
             raise ValueError(
                 "model.minibatch_std: only for family dcgan (it couples the volumes of a batch; the "
                 "WGAN-GP's per-sample gradient penalty needs them independent)"
+            )
+        if self.train.mode_seeking and self.model.family != "wgan_gp":
+            raise ValueError("train.mode_seeking: only for family wgan_gp")
+        if self.train.mode_seeking and self.train.batch_size % 2:
+            raise ValueError(
+                f"train.mode_seeking pairs the volumes of a batch: train.batch_size must be even, "
+                f"got {self.train.batch_size}"
             )
         if self.model.mapping_layers and self.model.family != "wgan_gp":
             raise ValueError(

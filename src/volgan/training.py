@@ -32,7 +32,7 @@ from volgan.data.dataset import VolumeSet
 from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
 from volgan.ema import EMA
-from volgan.errors import CheckpointError, VolganError
+from volgan.errors import CheckpointError, ConfigError, VolganError
 from volgan.figures import log_preview_images, write_run_figures
 from volgan.losses import (
     bce_discriminator_loss,
@@ -43,6 +43,7 @@ from volgan.losses import (
     generator_loss,
     gradient_penalty,
     label_targets,
+    mode_seeking_loss,
 )
 from volgan.models import Critic, DCGANDiscriminator, build_models
 from volgan.models.wgan_gp import count_parameters
@@ -113,6 +114,11 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.device = distributed.rank_device(dist, resolve_device(cfg.device))
         self.rows = dist.rows(cfg.train.batch_size)  # this rank's share of every global batch
+        if cfg.train.mode_seeking and len(range(cfg.train.batch_size)[self.rows]) % 2:
+            raise ConfigError(
+                f"train.mode_seeking pairs the volumes of each process's share of the batch: "
+                f"train.batch_size {cfg.train.batch_size} over {dist.world_size} processes leaves an odd share"
+            )
         self.num_classes = resolve_num_classes(cfg, data)
         torch.manual_seed(cfg.seed)
         # `discriminator` is the critic of the WGAN-GP or the discriminator of the DCGAN.
@@ -329,12 +335,17 @@ class Trainer:
                 self.opt_d.step()
         assert labels is not None
         z = self._draw(torch.randn, g.latent_dim)
+        if t.mode_seeking:  # adjacent volumes form pairs of one class (pairs never straddle two ranks)
+            labels = labels.view(-1, 2)[:, :1].expand(-1, 2).reshape(-1)
         d.requires_grad_(False)  # the generator step needs gradients through the critic, not for it
         with self._amp():  # the critic is called directly: its frozen weights need no synchronising
-            fake = perf.to_format(self._aug(self.g_call(z, labels)), self.cfg.perf)
+            generated = self.g_call(z, labels)
+            fake = perf.to_format(self._aug(generated), self.cfg.perf)
             fake_scores, logits = d.score_and_logits(fake, labels)
         d.requires_grad_(True)
         loss_g = generator_loss(fake_scores.float())
+        if t.mode_seeking:
+            loss_g = loss_g + t.mode_seeking * mode_seeking_loss(generated, z)
         if logits is not None:
             loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(logits.float(), labels)
         self._generator_update(loss_g)
