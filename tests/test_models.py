@@ -93,3 +93,20 @@ def test_the_latent_sets_every_stage_only_with_a_mapping_network(mapping_layers:
     (cond,) = seen
     assert cond.shape == (2, 8 if mapping_layers else 4)
     assert torch.equal(cond[0], cond[1]) is (mapping_layers == 0)
+
+
+def test_critic_minibatch_stddev_groups_stay_inside_the_real_and_fake_halves() -> None:
+    """With the feature, a volume's score depends on its group only: cat([real, fake]) scores the
+    real half exactly as the reals alone, and a group of copies scores differently from a varied one."""
+    torch.manual_seed(0)
+    d = Critic(16, num_classes=2, ndf=4, minibatch_std_group=2)
+    real, fake, y = torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16), torch.tensor([0, 1])
+    both = d(torch.cat([real, fake]), torch.cat([y, y]))
+    torch.testing.assert_close(both[:2], d(real, y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[2:], d(fake, y), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        d.head.weight[:, -1].fill_(1.0)  # the head reads the stddev map
+    copies = real[:1].repeat(2, 1, 1, 1, 1)
+    assert not torch.allclose(d(copies, y)[0], d(torch.cat([real[:1], fake[:1]]), y)[0])
+    with pytest.raises(ValueError, match="batch 3 is not divisible by the group size 2"):
+        d(torch.randn(3, 1, 16, 16, 16), torch.tensor([0, 1, 0]))

@@ -199,3 +199,14 @@ def test_mode_seeking_pairs_classes_and_trains(tmp_path: Path) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.generator.parameters(), strict=True))
     with pytest.raises(VolganError, match=r"train\.batch_size must be even, got 3"):
         tiny_config(tmp_path / "odd", train={"batch_size": 3, "mode_seeking": 1.0})
+
+
+def test_wgan_gp_trains_with_the_critic_minibatch_stddev(tmp_path: Path) -> None:
+    trainer = Trainer(
+        tiny_config(tmp_path / "run", model={"minibatch_std": True}, train={"batch_size": 4}), tiny_data()
+    )
+    assert trainer.discriminator.minibatch_std_group == 4
+    values = trainer.train_step()
+    assert np.isfinite(values["loss_d"]) and np.isfinite(values["gp"])
+    with pytest.raises(VolganError, match=r"model\.minibatch_std compares .* leaves 1"):
+        Trainer(tiny_config(tmp_path / "one", model={"minibatch_std": True}, train={"batch_size": 1}), tiny_data())

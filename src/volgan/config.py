@@ -263,11 +263,6 @@ class Config(_Section):
         grid_stages(self.data.size)  # raises ValueError for a size the architecture can't make
         if self.model.num_classes == 1:
             raise ValueError("model.num_classes: a conditional model needs >= 2 classes (0 = unconditional)")
-        if self.model.minibatch_std and self.model.family != "dcgan":
-            raise ValueError(
-                "model.minibatch_std: only for family dcgan (it couples the volumes of a batch; the "
-                "WGAN-GP's per-sample gradient penalty needs them independent)"
-            )
         if self.train.mode_seeking and self.model.family != "wgan_gp":
             raise ValueError("train.mode_seeking: only for family wgan_gp")
         if self.train.mode_seeking and self.train.batch_size % 2:

@@ -55,7 +55,17 @@ log = logging.getLogger("volgan")
 # Settings that must match between a checkpoint and the run that resumes or samples from it.
 ARCHITECTURE_KEYS = {
     "data": ("size",),
-    "model": ("family", "latent_dim", "embed_dim", "ngf", "ndf", "max_channels", "ac_weight", "mapping_layers"),
+    "model": (
+        "family",
+        "latent_dim",
+        "embed_dim",
+        "ngf",
+        "ndf",
+        "max_channels",
+        "ac_weight",
+        "mapping_layers",
+        "minibatch_std",
+    ),
 }
 
 
@@ -122,7 +132,13 @@ class Trainer:
         self.num_classes = resolve_num_classes(cfg, data)
         torch.manual_seed(cfg.seed)
         # `discriminator` is the critic of the WGAN-GP or the discriminator of the DCGAN.
-        self.generator, self.discriminator = build_models(cfg, self.num_classes)
+        share = len(range(cfg.train.batch_size)[self.rows])
+        if cfg.model.minibatch_std and share < 2:
+            raise ConfigError(
+                f"model.minibatch_std compares the volumes of each process's share of the batch: "
+                f"train.batch_size {cfg.train.batch_size} over {dist.world_size} processes leaves {share}"
+            )
+        self.generator, self.discriminator = build_models(cfg, self.num_classes, share)
         self.generator.to(self.device)
         self.discriminator.to(self.device)
         perf.configure_models(cfg.perf, self.generator, self.discriminator)

@@ -14,8 +14,18 @@ AnyGenerator: TypeAlias = Generator | DCGANGenerator
 AnyDiscriminator: TypeAlias = Critic | DCGANDiscriminator
 
 
-def build_models(cfg: Config, num_classes: int) -> tuple[AnyGenerator, AnyDiscriminator]:
-    """The generator and the critic (WGAN-GP) or discriminator (DCGAN) that ``cfg`` describes."""
+def critic_std_group(batch_per_process: int) -> int:
+    """Group size of the WGAN-GP critic's minibatch-stddev feature: the largest of 4, 3, 2 that
+    divides each process's share of the batch (groups never straddle the real and fake halves)."""
+    return next((g for g in (4, 3, 2) if batch_per_process % g == 0), 1)
+
+
+def build_models(
+    cfg: Config, num_classes: int, batch_per_process: int | None = None
+) -> tuple[AnyGenerator, AnyDiscriminator]:
+    """The generator and the critic (WGAN-GP) or discriminator (DCGAN) that ``cfg`` describes.
+
+    ``batch_per_process`` (default: the whole batch) sets the critic's minibatch-stddev groups."""
     m, size = cfg.model, cfg.data.size
     if m.family == "dcgan":
         return (
@@ -26,7 +36,14 @@ def build_models(cfg: Config, num_classes: int) -> tuple[AnyGenerator, AnyDiscri
         )
     return (
         Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.mapping_layers),
-        Critic(size, num_classes, m.ndf, m.max_channels, aux_classifier=m.ac_weight > 0),
+        Critic(
+            size,
+            num_classes,
+            m.ndf,
+            m.max_channels,
+            aux_classifier=m.ac_weight > 0,
+            minibatch_std_group=critic_std_group(batch_per_process or cfg.train.batch_size) if m.minibatch_std else 0,
+        ),
     )
 
 

@@ -128,11 +128,31 @@ class Generator(nn.Module):
         return torch.tanh(self.to_volume(x))
 
 
+def group_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """Minibatch-stddev feature (Karras et al. 2018) over **contiguous** groups of ``group`` volumes.
+
+    Each group's features get one number, their standard deviation across the group averaged over
+    channels and voxels, broadcast as an extra feature map. Contiguous groups keep the critic's
+    real half and fake half of a ``cat([real, fake])`` batch apart when ``group`` divides each half.
+    h: (B, C, D, H, W), B divisible by ``group`` -> (B, 1, D, H, W).
+    """
+    b = h.shape[0]
+    if b % group:
+        raise ValueError(f"minibatch stddev: batch {b} is not divisible by the group size {group}")
+    std = h.float().view(b // group, group, *h.shape[1:]).var(dim=1, unbiased=False).add(1e-8).sqrt()
+    per_group = std.mean(dim=(1, 2, 3, 4))  # (B // group,)
+    return per_group.repeat_interleave(group).view(b, 1, 1, 1, 1).expand(b, 1, *h.shape[2:]).to(h.dtype)
+
+
 class Critic(nn.Module):
     """Volume + class -> unbounded score (B,). Class conditioning by projection (Miyato & Koyama 2018).
 
     No BatchNorm anywhere: it mixes samples in a batch and so breaks the per-sample gradient
-    penalty; InstanceNorm3d normalises each sample on its own.
+    penalty; InstanceNorm3d normalises each sample on its own. The one deliberate exception is the
+    optional minibatch-stddev feature (``minibatch_std_group`` > 1, as ProGAN used with WGAN-GP): the
+    head then also sees how much the volumes of each contiguous group differ, which lets the critic
+    score a collapsed generator down; the penalty's gradient then includes the small cross terms
+    of that one feature.
     """
 
     def __init__(
@@ -142,9 +162,11 @@ class Critic(nn.Module):
         ndf: int = 32,
         max_channels: int = 512,
         aux_classifier: bool = False,
+        minibatch_std_group: int = 0,
     ) -> None:
         super().__init__()
         self.size, self.num_classes = size, num_classes
+        self.minibatch_std_group = minibatch_std_group
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
         layers: list[nn.Module] = [
@@ -158,7 +180,8 @@ class Critic(nn.Module):
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         self.features = nn.Sequential(*layers)
-        self.head = nn.Conv3d(chans[-1], 1, base)  # dense layer over the base³ block
+        # dense layer over the base³ block (+ the minibatch-stddev map)
+        self.head = nn.Conv3d(chans[-1] + int(minibatch_std_group > 1), 1, base)
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
         if self.embed is not None:
             # nn.Embedding's N(0, 1) init would make the projection term ~70x the rest of the
@@ -171,7 +194,8 @@ class Critic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, 1, S, S, S); labels: (B,) -> scores (B,) and, with the auxiliary classifier, logits (B, K)."""
         h = self.features(x)
-        out = self.head(h).flatten(1).squeeze(1)
+        g = self.minibatch_std_group
+        out = self.head(torch.cat([h, group_stddev(h, g)], dim=1) if g > 1 else h).flatten(1).squeeze(1)
         pooled = h.sum(dim=(2, 3, 4))
         if self.embed is not None:
             if labels is None:
