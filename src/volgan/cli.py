@@ -66,7 +66,7 @@ def _add_sample(sub: Any) -> None:
         metavar="K",
         help="class name or index (repeatable; default: every class)",
     )
-    p.add_argument("--n", type=int_arg(1), default=8, help="volumes per class (default 8)")
+    p.add_argument("--n", type=int_arg(1), help="volumes per class (default 8)")
     p.add_argument(
         "--max-volumes",
         type=int_arg(1),
@@ -104,17 +104,31 @@ def _add_sample(sub: Any) -> None:
         help="use the EMA generator (default) or the raw one",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    walk = p.add_argument_group("interpolation (writes the frames, a montage PNG and a mid-slice GIF)")
+    walk.add_argument(
+        "--interpolate",
+        choices=["latent", "class"],
+        help="latent: slerp from latent --from-index to --to-index in each --class; class: mix the class "
+        "embeddings from --class to --to-class at the latent of --from-index",
+    )
+    walk.add_argument("--from-index", type=int_arg(0), help="latent index the walk starts from (default 0)")
+    walk.add_argument("--to-index", type=int_arg(0), help="latent walks: latent index it ends at (default 1)")
+    walk.add_argument("--to-class", metavar="B", help="class walks: the class it ends at (name or index)")
+    walk.add_argument("--steps", type=int_arg(2, 1000), help="frames including both ends (default 8)")
 
 
 def _add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="write a checkpoint's generator weights as .safetensors (no pickle; `volgan sample` reads it)",
+        help="write a checkpoint's generator as .safetensors (no pickle; `volgan sample` reads it) or ONNX",
         description="Write generator weights and their metadata (config, classes, intensity range, spacing, "
-        "affine, step) to a .safetensors file, which loads without unpickling anything.",
+        "affine, step) to a .safetensors file, which loads without unpickling anything; or, with --format onnx, "
+        "the generator as an ONNX graph (inputs z (B, latent_dim) float32 and labels (B,) int64, output "
+        "(B, 1, S, S, S) in data intensities, dynamic batch), checked against PyTorch with onnxruntime.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (newest checkpoint)")
-    p.add_argument("--out", type=Path, required=True, help="output file, ending in .safetensors")
+    p.add_argument("--out", type=Path, required=True, help="output file, ending in .safetensors or .onnx")
+    p.add_argument("--format", choices=["safetensors", "onnx"], help="what to write (default: from --out's ending)")
     p.add_argument(
         "--which",
         choices=["ema", "generator", "all"],
@@ -348,9 +362,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from volgan import distributed, perf
     from volgan.config import PerfConfig
     from volgan.device import resolve_device
+    from volgan.interpolate import check_flags
     from volgan.safety import check_bytes
     from volgan.sampling import class_index, generate, load_generator, write_samples
 
+    check_flags(args)
+    args.n = 8 if args.n is None else args.n
     if not args.klass and args.n > args.max_volumes:  # the class count is known once the checkpoint is read
         raise VolganError(
             f"--n {args.n}: more than --max-volumes {args.max_volumes}; raise --max-volumes to write more"
@@ -364,6 +381,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if not 0.0 <= args.threshold <= 1.0:
             raise VolganError(f"--threshold must be in [0, 1], got {args.threshold}")
         loaded.threshold = args.threshold
+    if args.interpolate:
+        from volgan.api import VolumeGenerator
+        from volgan.interpolate import cmd_interpolate
+
+        if ctx.enabled:
+            raise VolganError("--interpolate runs in one process; start it without torchrun")
+        return cmd_interpolate(args, VolumeGenerator(loaded))
     # Throughput grows with the batch up to ~2^22 voxels per pass on a CPU (benchmarks/sample.py).
     batch_size = args.batch_size or max(1, min(64, 2**22 // loaded.size**3))
     all_classes = list(range(loaded.num_classes)) or [0]  # an unconditional model has one "class"
@@ -418,6 +442,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from volgan import checkpoint as ckpt
 
+    fmt = args.format or ("onnx" if args.out.suffix == ".onnx" else "safetensors")
+    if fmt == "onnx":
+        from volgan.onnx_export import cmd_export_onnx
+
+        return cmd_export_onnx(args)
     if args.out.suffix != ".safetensors":
         raise VolganError(f"{args.out}: --out must end in .safetensors")
     if args.out.is_dir():

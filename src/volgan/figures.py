@@ -117,8 +117,10 @@ def save_image_grid(
     title: str = "",
     caption: str = "",
     grey: bool = True,
+    column_titles: Sequence[str] | None = None,
 ) -> Path:
-    """PNG of images in rows: one row per key (the bold row label), one column per image ("sample i").
+    """PNG of images in rows: one row per key (the bold row label), one column per image ("sample i",
+    or ``column_titles``).
 
     Images are (H, W) in [0, 1] shown in grey (``grey``) or (H, W, 3) RGB; short rows stay blank;
     ``caption`` goes under the last row.
@@ -147,7 +149,7 @@ def save_image_grid(
                 for spine in ax.spines.values():
                     spine.set_visible(False)
             if r == 0:
-                ax.set_title(f"sample {c}", fontsize=10)
+                ax.set_title(column_titles[c] if column_titles else f"sample {c}", fontsize=10)
             if c == 0:
                 ax.set_ylabel(name, fontsize=12, fontweight="bold")
             if caption and r == n_rows - 1:
@@ -162,8 +164,9 @@ def save_sample_grid(
     path: Path,
     title: str = "",
     value_range: tuple[float, float] = (-1.0, 1.0),
+    column_titles: Sequence[str] | None = None,
 ) -> Path:
-    """PNG grid of samples: one row per class, one column per sample.
+    """PNG grid of samples: one row per class, one column per sample (titled "sample i" or ``column_titles``).
 
     ``volumes_by_class`` maps a class name to its (n, D, H, W) or (n, 1, D, H, W) volumes;
     classes may have different n (short rows stay blank). Each cell shows the sample's axial,
@@ -175,7 +178,8 @@ def save_sample_grid(
     cells = {name: [_slice_row(vol, value_range) for vol in v] for name, v in rows.items()}
     cell_h, cell_w = next(iter(cells.values()))[0].shape
     size = (2.7, 2.7 * cell_h / cell_w)
-    return save_image_grid(cells, path, cell_size_in=size, title=title, caption=" | ".join(VIEW_NAMES))
+    caption = " | ".join(VIEW_NAMES)
+    return save_image_grid(cells, path, cell_size_in=size, title=title, caption=caption, column_titles=column_titles)
 
 
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:

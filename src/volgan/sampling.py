@@ -34,7 +34,6 @@ def latent_for(seed: int, index: int, latent_dim: int) -> torch.Tensor:
     return torch.randn(latent_dim, generator=torch.Generator().manual_seed(mixed))
 
 
-@torch.inference_mode()
 def generate(
     generator: AnyGenerator,
     labels: torch.Tensor,
@@ -53,14 +52,31 @@ def generate(
     [-1, 1], sigmoid's [0, 1]) is mapped to the data convention [-1, 1]. ``autocast``: run the
     generator under autocast to this dtype (bf16 on CUDA, see ``perf.autocast_dtype``).
     """
+    latent_dim = int(generator.latent_dim)
+    z = [latent_for(seed, start + j, latent_dim) for j in range(len(labels))]
+    latents = torch.stack(z) if z else torch.empty(0, latent_dim)
+    return generate_from_latents(generator, latents, labels, batch_size, device, autocast)
+
+
+@torch.inference_mode()
+def generate_from_latents(
+    generator: AnyGenerator,
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> torch.Tensor:
+    """latents: (N, latent_dim), labels: (N,) int64 -> volumes (N, S, S, S) float32 on the CPU, in [-1, 1].
+
+    What :func:`generate` runs once it has drawn the latents; interpolation passes its own.
+    """
     generator.eval()
     device = torch.device(device)
-    latent_dim = int(generator.latent_dim)
     out = []
     for first in range(0, len(labels), batch_size):
-        idx = range(start + first, start + min(first + batch_size, len(labels)))
-        z = torch.stack([latent_for(seed, i, latent_dim) for i in idx]).to(device)
-        y = labels[first : first + len(idx)].to(device)
+        z = latents[first : first + batch_size].to(device)
+        y = labels[first : first + batch_size].to(device)
         with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             volume = generator(z, y)
         out.append(volume[:, 0].float().cpu())
@@ -178,15 +194,20 @@ def write_samples(
     out_dir: Path,
     fmt: str = "nii.gz",
     meshes: Sequence[str] = (),
+    intensities: bool = False,
 ) -> list[Path]:
     """Map volumes (N, S, S, S) in [-1, 1] back to data intensities and write one file + JSON sidecar each,
     into one sub-folder per class (``out_dir/<class>/``): the layout ``volgan train`` and
     ``volgan evaluate --samples`` read, so a sample set can be evaluated or trained on as it is.
 
     ``meshes`` (any of "obj", "stl", "ply") adds marching-cubes surfaces at the model's threshold,
-    in world millimetres of the training grid.
+    in world millimetres of the training grid. ``intensities``: the volumes are already in the data's
+    intensity range (what ``volgan.load(...).sample`` returns), so they are written as they are.
     """
     from volgan.data.preprocess import unscale
+
+    if intensities and meshes:
+        raise ValueError("meshes are drawn from volumes in [-1, 1]; pass intensities=False with meshes")
 
     make_output_dir(out_dir, "output folder")
     # file names from sanitised, collision-checked class names: never a path component unchecked
@@ -218,7 +239,7 @@ def write_samples(
         try:
             class_dir.mkdir(exist_ok=True)
             target = path
-            write_volume(unscale(vol, *loaded.intensity_range), path, loaded.affine)
+            write_volume(vol if intensities else unscale(vol, *loaded.intensity_range), path, loaded.affine)
             for mesh_format in meshes:
                 target = class_dir / f"{stem}.{mesh_format}"
                 _write_mesh(vol, target, 2 * loaded.threshold - 1, loaded.affine)
