@@ -93,3 +93,13 @@ def test_bad_arguments(g: volgan.VolumeGenerator) -> None:
         volgan.SyntheticDataset(g, classes=["c7"])
     with pytest.raises(IndexError, match="item 3 out of range for a SyntheticDataset of length 3"):
         volgan.SyntheticDataset(g, length=3)[3]
+
+
+def test_holds_its_own_copy_of_the_generator(run: Path) -> None:
+    g = volgan.load(run)
+    ds = volgan.SyntheticDataset(g, length=2, seed=0)
+    before = ds[1]["image"].as_tensor()
+    with torch.no_grad():
+        for p in g.module.parameters():
+            p.zero_()
+    assert torch.equal(ds[1]["image"].as_tensor(), before)  # changing (or moving) g later leaves the dataset alone

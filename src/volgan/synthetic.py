@@ -54,9 +54,8 @@ class SyntheticDataset(Dataset[dict[str, Any]]):
             raise VolganError(f"length must be an integer >= 0, got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise VolganError(f"seed must be an integer >= 0, got {seed!r}")
-        source = g if isinstance(g, VolumeGenerator) else load(g, device="cpu")
-        if source.device.type != "cpu":
-            source = source.copy_to("cpu")
+        # its own CPU copy: moving or changing ``g`` later does not move or change the dataset
+        source = g.copy_to("cpu") if isinstance(g, VolumeGenerator) else load(g, device="cpu")
         if classes is None:
             labels = list(range(source.num_classes)) or [0]
         else:
