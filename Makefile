@@ -25,8 +25,8 @@ demo: $(STAMP)
 	$(BIN)/volgan demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts benchmarks
-	$(BIN)/ruff format --check src tests scripts benchmarks
+	$(BIN)/ruff check src tests scripts benchmarks examples
+	$(BIN)/ruff format --check src tests scripts benchmarks examples
 	$(BIN)/mypy
 
 # The suite, then the tests whose floats depend on the CPU's kernels (`-m numerics`) again with oneDNN

@@ -48,6 +48,13 @@ def test_import_volgan_and_help_do_not_import_torch() -> None:
         "print('torch' in sys.modules)"
     )
     assert _python(code).endswith("False")
+    # the real entry point, as the shell runs it: -X importtime lists every module imported
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "volgan", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "usage: volgan" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "volgan.cli" in imported and not {m for m in imported if m.split(".")[0] in ("torch", "numpy", "monai")}
     # the lazy names resolve on first use (and only then import torch)
     assert _python("import volgan, sys; volgan.load; print('torch' in sys.modules)") == "True"
 
