@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,3 +213,12 @@ def test_auxiliary_classifier_head_and_its_training(tmp_path: Path) -> None:
     before = head.weight.clone()
     trainer.train_step()
     assert not torch.equal(before, head.weight)  # cross-entropy on real volumes reached the head
+
+
+def test_mode_seeking_trains_the_dcgan_generator_on_paired_classes(tmp_path: Path) -> None:
+    trainer = Trainer(dcgan_config(tmp_path / "run", mode_seeking=1.0), tiny_data())
+    assert torch.equal(trainer._paired(torch.tensor([0, 1, 1, 0])), torch.tensor([0, 0, 1, 1]))
+    before = [p.clone() for p in trainer.generator.parameters()]
+    values = trainer.train_step()
+    assert np.isfinite(values["loss_g"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.generator.parameters(), strict=True))

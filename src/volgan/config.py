@@ -132,7 +132,7 @@ class TrainConfig(_Section):
     label_flip: float = Field(0.0, ge=0, le=0.5)
     instance_noise: float = Field(0.0, ge=0, le=1)
     instance_noise_steps: int = Field(0, ge=0)
-    # wgan_gp: weight of the mode-seeking term (Mao et al. 2019) in the generator loss; 0 = off
+    # weight of the mode-seeking term (Mao et al. 2019) in the generator loss; 0 = off
     mode_seeking: float = Field(0.0, ge=0)
 
     @field_validator("betas")
@@ -263,8 +263,6 @@ class Config(_Section):
         grid_stages(self.data.size)  # raises ValueError for a size the architecture can't make
         if self.model.num_classes == 1:
             raise ValueError("model.num_classes: a conditional model needs >= 2 classes (0 = unconditional)")
-        if self.train.mode_seeking and self.model.family != "wgan_gp":
-            raise ValueError("train.mode_seeking: only for family wgan_gp")
         if self.train.mode_seeking and self.train.batch_size % 2:
             raise ValueError(
                 f"train.mode_seeking pairs the volumes of a batch: train.batch_size must be even, "

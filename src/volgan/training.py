@@ -351,8 +351,7 @@ class Trainer:
                 self.opt_d.step()
         assert labels is not None
         z = self._draw(torch.randn, g.latent_dim)
-        if t.mode_seeking:  # adjacent volumes form pairs of one class (pairs never straddle two ranks)
-            labels = labels.view(-1, 2)[:, :1].expand(-1, 2).reshape(-1)
+        labels = self._paired(labels)
         d.requires_grad_(False)  # the generator step needs gradients through the critic, not for it
         with self._amp():  # the critic is called directly: its frozen weights need no synchronising
             generated = self.g_call(z, labels)
@@ -373,10 +372,11 @@ class Trainer:
         real, labels = self._real_batch()
         real = (real + 1) / 2  # the data's [-1, 1] -> the sigmoid's [0, 1]
         sigma = self._instance_noise()
+        z, fake_labels = self._draw(torch.randn, g.latent_dim), self._paired(labels)
         with self._amp():
-            fake = self.g_call(self._draw(torch.randn, g.latent_dim), labels)
+            fake = self.g_call(z, fake_labels)
             real_logits, real_classes = self.d_call("logits_and_classes", self._aug(self._noisy(real, sigma)), labels)
-            fake_logits = self.d_call("logits", self._aug(self._noisy(fake.detach(), sigma)), labels)
+            fake_logits = self.d_call("logits", self._aug(self._noisy(fake.detach(), sigma)), fake_labels)
         if self.ada is not None:  # ADA's overfitting signal: the sign of D on reals
             self.ada.observe(torch.sign(real_logits.detach().float()))
         targets = {k: self._targets(k) for k in (True, False)}
@@ -392,10 +392,12 @@ class Trainer:
             self.opt_d.step()
         d.requires_grad_(False)
         with self._amp():  # called directly: the frozen discriminator's weights need no synchronising
-            fake_scores, fake_classes = d.logits_and_classes(self._aug(self._noisy(fake, sigma)), labels)
+            fake_scores, fake_classes = d.logits_and_classes(self._aug(self._noisy(fake, sigma)), fake_labels)
         loss_g = bce_generator_loss(fake_scores)
         if fake_classes is not None:  # ... and asks the generator for volumes of the requested class
-            loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(fake_classes.float(), labels)
+            loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(fake_classes.float(), fake_labels)
+        if t.mode_seeking:
+            loss_g = loss_g + t.mode_seeking * mode_seeking_loss(fake, z)
         d.requires_grad_(True)
         self._generator_update(loss_g)
         return {
@@ -406,6 +408,13 @@ class Trainer:
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
             "d_updated": float(update_d),
         }
+
+    def _paired(self, labels: torch.Tensor) -> torch.Tensor:
+        """With train.mode_seeking, the generator's batch is adjacent pairs of one class (the first
+        label of each pair; pairs never straddle two processes); else ``labels`` unchanged."""
+        if not self.cfg.train.mode_seeking:
+            return labels
+        return labels.view(-1, 2)[:, :1].expand(-1, 2).reshape(-1)
 
     def _targets(self, real: bool) -> torch.Tensor:
         """This rank's rows of the global batch's (soft, noisy, flipped) discriminator targets."""
