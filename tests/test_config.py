@@ -40,7 +40,6 @@ def test_overrides_are_typed() -> None:
         ("data:\n  size: 4\n", r"data\.size: .*greater than or equal to 8"),
         ("model:\n  num_classes: 1\n", r"needs >= 2 classes"),
         ("model:\n  mapping_layers: 2\n  family: dcgan\n", r"model\.mapping_layers: only for family wgan_gp"),
-        ("train:\n  mode_seeking: 1.0\n  batch_size: 3\n", r"train\.batch_size must be even, got 3"),
         ("data:\n  orientation: RAX\n", r"data\.orientation: must be three axis codes"),
         ("data:\n  intensity_percentiles: [99, 1]\n", r"low < high"),
         ("data:\n  resample: spacing\n", r"needs data\.spacing"),

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from volgan.losses import critic_loss, generator_loss, gradient_penalty, mode_seeking_loss
@@ -60,6 +59,7 @@ def test_mode_seeking_loss_grows_as_a_generator_collapses_and_pushes_pairs_apart
     assert mode_seeking_loss(stepped, z) < mode_seeking_loss(collapsed, z)
 
 
-def test_mode_seeking_loss_needs_pairs() -> None:
-    with pytest.raises(ValueError, match="batch must be even, got 3"):
-        mode_seeking_loss(torch.zeros(3, 2), torch.zeros(3, 1))
+def test_mode_seeking_loss_leaves_an_odd_volume_out_and_is_zero_without_pairs() -> None:
+    fake, z = torch.tensor([[0.0], [2.0], [9.0]]), torch.tensor([[0.0], [1.0], [5.0]])
+    torch.testing.assert_close(mode_seeking_loss(fake, z, eps=0.0), torch.tensor(0.5))  # pair (0, 1) only
+    assert mode_seeking_loss(fake[:1], z[:1]).item() == 0.0

@@ -263,11 +263,6 @@ class Config(_Section):
         grid_stages(self.data.size)  # raises ValueError for a size the architecture can't make
         if self.model.num_classes == 1:
             raise ValueError("model.num_classes: a conditional model needs >= 2 classes (0 = unconditional)")
-        if self.train.mode_seeking and self.train.batch_size % 2:
-            raise ValueError(
-                f"train.mode_seeking pairs the volumes of a batch: train.batch_size must be even, "
-                f"got {self.train.batch_size}"
-            )
         if self.model.mapping_layers and self.model.family != "wgan_gp":
             raise ValueError(
                 "model.mapping_layers: only for family wgan_gp (its instance norms take the style; the 3D-GAN "

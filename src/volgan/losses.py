@@ -43,13 +43,15 @@ def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) ->
     share a class: 1 / (mean |G(z_a) − G(z_b)| / mean |z_a − z_b| + eps), one ratio per pair, averaged.
 
     A generator that maps different latents of a class to the same volume makes the ratio ~0 and
-    this term large, so minimising it pushes latents apart in volume space. fake: (B, …), z: (B, L),
-    B even -> scalar.
+    this term large, so minimising it pushes latents apart in volume space. fake: (B, …), z: (B, L)
+    -> scalar; an odd last volume has no partner and is left out; a batch of one gives 0.
     """
-    if fake.shape[0] % 2:
-        raise ValueError(f"mode-seeking pairs adjacent volumes: the batch must be even, got {fake.shape[0]}")
-    fa, fb = fake.float().flatten(1)[0::2], fake.float().flatten(1)[1::2]
-    za, zb = z.float()[0::2], z.float()[1::2]
+    pairs = fake.shape[0] // 2
+    if pairs == 0:
+        return fake.new_zeros((), dtype=torch.float32)
+    flat = fake.float().flatten(1)[: 2 * pairs]
+    fa, fb = flat[0::2], flat[1::2]
+    za, zb = z.float()[0 : 2 * pairs : 2], z.float()[1 : 2 * pairs : 2]
     ratio = (fa - fb).abs().mean(dim=1) / (za - zb).abs().mean(dim=1)
     return (1.0 / (ratio + eps)).mean()
 

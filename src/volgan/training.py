@@ -124,11 +124,8 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.device = distributed.rank_device(dist, resolve_device(cfg.device))
         self.rows = dist.rows(cfg.train.batch_size)  # this rank's share of every global batch
-        if cfg.train.mode_seeking and len(range(cfg.train.batch_size)[self.rows]) % 2:
-            raise ConfigError(
-                f"train.mode_seeking pairs the volumes of each process's share of the batch: "
-                f"train.batch_size {cfg.train.batch_size} over {dist.world_size} processes leaves an odd share"
-            )
+        if cfg.train.mode_seeking and len(range(cfg.train.batch_size)[self.rows]) < 2:
+            log.warning("train.mode_seeking needs >= 2 volumes per process to form a pair; it has no effect here")
         self.num_classes = resolve_num_classes(cfg, data)
         torch.manual_seed(cfg.seed)
         # `discriminator` is the critic of the WGAN-GP or the discriminator of the DCGAN.
@@ -411,10 +408,13 @@ class Trainer:
 
     def _paired(self, labels: torch.Tensor) -> torch.Tensor:
         """With train.mode_seeking, the generator's batch is adjacent pairs of one class (the first
-        label of each pair; pairs never straddle two processes); else ``labels`` unchanged."""
-        if not self.cfg.train.mode_seeking:
+        label of each pair; pairs never straddle two processes; an odd last volume keeps its label);
+        else ``labels`` unchanged."""
+        n = 2 * (len(labels) // 2)
+        if not self.cfg.train.mode_seeking or n == 0:
             return labels
-        return labels.view(-1, 2)[:, :1].expand(-1, 2).reshape(-1)
+        paired = labels[:n].view(-1, 2)[:, :1].expand(-1, 2).reshape(-1)
+        return torch.cat([paired, labels[n:]])
 
     def _targets(self, real: bool) -> torch.Tensor:
         """This rank's rows of the global batch's (soft, noisy, flipped) discriminator targets."""
