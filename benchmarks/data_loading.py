@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--n-critic", type=int, default=5)
     a = ap.parse_args()
 
+    from volgan import perf
     from volgan.config import build_config
     from volgan.data import load_volumes
     from volgan.training import Trainer
@@ -86,6 +87,7 @@ def main() -> None:
         data = load_volumes(cfg.data)
         opened = time.perf_counter() - start
         trainer = Trainer(cfg, data)
+        perf.configure_backend(cfg.perf, trainer.device)  # what fit() sets for its duration
         batches = -(-a.volumes // a.batch)
         start = time.perf_counter()
         for _ in range(batches):

@@ -49,6 +49,7 @@ def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, p
 def volgan(size: int, batch: int, classes: int, n_critic: int, device: str, perf: dict[str, Any]) -> Contender:
     import numpy as np
 
+    from volgan import perf as volgan_perf
     from volgan.config import build_config
     from volgan.data.volume_set import VolumeSet
     from volgan.training import Trainer
@@ -70,6 +71,8 @@ def volgan(size: int, batch: int, classes: int, n_critic: int, device: str, perf
         "<benchmark>",
     )
     trainer = Trainer(cfg, data)
+    # what fit() sets for its duration (allocator, TF32, cuDNN); this process only measures steps
+    volgan_perf.configure_backend(cfg.perf, trainer.device)
     shutil.rmtree(run_dir)  # nothing is written: train_step() neither logs nor saves
     return Contender(trainer.train_step, batch * n_critic, dev)
 

@@ -6,10 +6,13 @@ so each fast path can be measured (``benchmarks/``) and turned off where a platf
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -20,6 +23,13 @@ from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelCo
 log = logging.getLogger("volgan")
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+# glibc's values at start-up (malloc/malloc.c: DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX), unless the
+# environment set them; restore_allocator() puts these back.
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+_ENV_NAMES = {
+    _M_TRIM_THRESHOLD: ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"),
+    _M_MMAP_MAX: ("MALLOC_MMAP_MAX_", "glibc.malloc.mmap_max"),
+}
 _allocator_tuned = False
 
 
@@ -69,13 +79,34 @@ def autocast_dtype(cfg: PerfConfig, device: torch.device) -> torch.dtype | None:
 
 
 def configure_backend(cfg: PerfConfig, device: torch.device) -> None:
-    """Process-wide settings for ``device``: TF32 and cuDNN autotuning on CUDA, the allocator on CPU."""
+    """Process-wide settings for ``device``, for the rest of the process: TF32 and cuDNN autotuning
+    on CUDA, the allocator on CPU. For CLI commands; a training run uses :func:`backend_settings`."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     elif cfg.tune_allocator:
         tune_allocator()
+
+
+@contextlib.contextmanager
+def backend_settings(cfg: PerfConfig, device: torch.device) -> Iterator[None]:
+    """:func:`configure_backend` for the ``with`` block only: on exit the TF32 and cuDNN flags are
+    put back as they were, and the allocator setting, if this block applied it, is undone
+    (:func:`restore_allocator`)."""
+    flags = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    tuned_here = device.type != "cuda" and cfg.tune_allocator and not _allocator_tuned
+    try:
+        configure_backend(cfg, device)
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+        if tuned_here and _allocator_tuned:
+            restore_allocator()
 
 
 def tune_allocator() -> bool:
@@ -102,3 +133,39 @@ def tune_allocator() -> bool:
     if ok:
         log.debug("glibc allocator: no per-block mmap, no trimming (perf.tune_allocator)")
     return ok
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_allocator`'s setting is in force (mallopt itself cannot be read back)."""
+    return _allocator_tuned
+
+
+def _startup_value(param: int) -> int:
+    """What glibc started with for ``param``: the environment's value if it set one, else the default."""
+    env, tunable = _ENV_NAMES[param]
+    for item in reversed(os.environ.get("GLIBC_TUNABLES", "").replace(":", " ").split()):
+        name, _, value = item.partition("=")
+        if name == tunable and value.isdigit():
+            return int(value)
+    value = os.environ.get(env, "")
+    return int(value) if value.isdigit() else _GLIBC_DEFAULTS[param]
+
+
+def restore_allocator() -> bool:
+    """Undo :func:`tune_allocator`: the start-up trim threshold and mmap block count again.
+
+    One thing stays: glibc turns off its dynamic mmap threshold (which grows as large blocks are
+    freed) at any mallopt of these parameters, and has no call to turn it back on; the threshold
+    stays where it was. Returns whether anything was restored.
+    """
+    global _allocator_tuned
+    if not _allocator_tuned:
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    for param in (_M_MMAP_MAX, _M_TRIM_THRESHOLD):
+        mallopt(param, _startup_value(param))
+    _allocator_tuned = False
+    log.debug("glibc allocator: start-up settings restored")
+    return True

@@ -15,6 +15,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -47,6 +48,7 @@ from volgan.losses import (
 )
 from volgan.models import Critic, DCGANDiscriminator, build_models
 from volgan.models.wgan_gp import count_parameters
+from volgan.rng import RunRNG
 from volgan.runlock import RunLock, check_unlocked
 from volgan.runlog import RunLogger
 
@@ -127,7 +129,8 @@ class Trainer:
         if cfg.train.mode_seeking and len(range(cfg.train.batch_size)[self.rows]) < 2:
             log.warning("train.mode_seeking needs >= 2 volumes per process to form a pair; it has no effect here")
         self.num_classes = resolve_num_classes(cfg, data)
-        torch.manual_seed(cfg.seed)
+        # the run's own random streams: weight init and every draw of a step, never the global seed
+        self.rng = RunRNG(cfg.seed, self.device)
         # `discriminator` is the critic of the WGAN-GP or the discriminator of the DCGAN.
         share = len(range(cfg.train.batch_size)[self.rows])
         if cfg.model.minibatch_std and share < 2:
@@ -135,11 +138,11 @@ class Trainer:
                 f"model.minibatch_std compares the volumes of each process's share of the batch: "
                 f"train.batch_size {cfg.train.batch_size} over {dist.world_size} processes leaves {share}"
             )
-        self.generator, self.discriminator = build_models(cfg, self.num_classes, share)
+        with self.rng.active():
+            self.generator, self.discriminator = build_models(cfg, self.num_classes, share)
         self.generator.to(self.device)
         self.discriminator.to(self.device)
         perf.configure_models(cfg.perf, self.generator, self.discriminator)
-        perf.configure_backend(cfg.perf, self.device)
         self.autocast = perf.autocast_dtype(cfg.perf, self.device)
         t = cfg.train
         self.ema = EMA(self.generator, t.ema_decay)  # a copy of the plain generator: no collectives in it
@@ -174,9 +177,6 @@ class Trainer:
 
     # -- checkpoint round trip -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "step": self.step,
             "config": self.cfg.to_dict(),
@@ -191,7 +191,7 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": rng,
+            "rng": self.rng.state(),
             "data_state": self.stream.state(),
             "distributed": self.run_facts(),
             "augment": self._augment_state(),
@@ -241,9 +241,7 @@ class Trainer:
         self.stream = BatchStream(
             len(self.data.labels), self.cfg.train.batch_size, self.cfg.seed, **state["data_state"]
         )
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.rng.load(state["rng"])
         self.last_checkpoint = path
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -292,7 +290,13 @@ class Trainer:
         )
 
     def train_step(self) -> dict[str, float]:
-        """One generator update and what precedes it (family-specific), then the EMA update."""
+        """One generator update and what precedes it (family-specific), then the EMA update.
+
+        Draws from the run's own random streams (``self.rng``), not the global ones."""
+        with self.rng.active():
+            return self._train_step()
+
+    def _train_step(self) -> dict[str, float]:
         d = self.discriminator
         values = self._critic_step(d) if isinstance(d, Critic) else self._dcgan_step(d)
         self.step += 1
@@ -500,7 +504,19 @@ class Trainer:
                 f"(newest: {newest.name if newest else 'none'}); pass --resume {self.run_dir} to continue from it"
             )
 
+    @contextlib.contextmanager
+    def process_settings(self) -> Iterator[None]:
+        """What a training run sets process-wide, for the ``with`` block only (``fit`` runs in one):
+        the run's random streams in torch's global generators, TF32 and cuDNN autotuning on CUDA, the
+        glibc allocator setting on the CPU (``perf.*``). Each is put back as it was on exit."""
+        with perf.backend_settings(self.cfg.perf, self.device), self.rng.active():
+            yield
+
     def _fit_locked(self, stop_after: int | None) -> TrainResult:
+        with self.process_settings():
+            return self._fit_loop(stop_after)
+
+    def _fit_loop(self, stop_after: int | None) -> TrainResult:
         cfg, every, main = self.cfg, self.cfg.log, self.dist.is_main
         self._stop_signal = None  # a signal that stopped an earlier fit() does not stop this one
         if main:
