@@ -191,3 +191,4 @@ def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(list((tmp_path / "synth" / "lesion").glob("*.nii.gz"))) == 8
     assert (tmp_path / "generator.onnx").exists() and namespace["volumes"].shape == (3, 1, 16, 16, 16)  # type: ignore[attr-defined]
     assert namespace["walk"].shape == (8, 1, 16, 16, 16)  # type: ignore[attr-defined]
+    assert namespace["mine"].step == 2 and namespace["mine"].class_names == ["healthy", "lesion"]  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ does not import torch::
     g = volgan.load("runs/mri64")                  # run folder, .pt or .safetensors
     vols = g.sample(n=8, cls="1", seed=0)          # (8, 1, D, H, W) in the data's intensity range
     ds = volgan.SyntheticDataset(g, length=1000, seed=0)
+    run = volgan.train("config.yaml", data="data/", run_dir="runs/mine")  # or a VolumeSet / torch Dataset
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from volgan.api import VolumeGenerator, load
+    from volgan.api import VolumeGenerator, load, train
     from volgan.interpolate import interpolate_classes, interpolate_latents, slerp
     from volgan.onnx_export import export_onnx
     from volgan.synthetic import SyntheticDataset
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 # public name -> the module that defines it
 _LAZY = {
     "load": "volgan.api",
+    "train": "volgan.api",
     "VolumeGenerator": "volgan.api",
     "SyntheticDataset": "volgan.synthetic",
     "export_onnx": "volgan.onnx_export",
@@ -42,6 +44,7 @@ __all__ = [
     "interpolate_latents",
     "load",
     "slerp",
+    "train",
 ]
 
 

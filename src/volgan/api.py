@@ -1,4 +1,4 @@
-"""The Python API: load a trained generator, sample volumes, save them as ``volgan sample`` does.
+"""The Python API: train a GAN, load a trained generator, sample volumes, save them as ``volgan sample`` does.
 
 ``volgan.load(where)`` returns a :class:`VolumeGenerator`, which holds the network and what a
 volume needs to be read as data (class names, intensity range, affine). Sampling keeps the CLI's
@@ -10,7 +10,7 @@ process-wide state (no seeds, no allocator or TF32 settings).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +18,16 @@ import numpy as np
 import torch
 
 from volgan import perf
-from volgan.config import PerfConfig
-from volgan.errors import VolganError
+from volgan.config import Config, PerfConfig
+from volgan.data.volume_set import VolumeSet
+from volgan.errors import ConfigError, VolganError
 from volgan.sampling import LoadedGenerator, class_index, generate, load_generator, write_samples
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
     from volgan.models import AnyGenerator
+    from volgan.training import TrainResult
 
 # Sampling throughput grows with the batch up to about 2^22 voxels per pass on a CPU
 # (benchmarks/sample.py); the CLI uses the same rule.
@@ -335,3 +337,82 @@ def load(
     """
     perf_cfg = perf_cfg or PerfConfig()
     return VolumeGenerator(load_generator(where, ema=ema, device=device, perf_cfg=perf_cfg), perf_cfg)
+
+
+def train(
+    config: Config | Mapping[str, Any] | str | Path | None = None,
+    data: str | Path | VolumeSet | Any | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    spacing: float = 1.0,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a GAN as ``volgan train`` does, in this process; returns the run (``.load()`` gives its generator).
+
+    ``config``: a :class:`~volgan.config.Config`, a mapping of sections, a YAML path, or None (the
+    defaults). ``overrides``: sections or keys on top of it, e.g. ``train={"steps": 200}, seed=1``
+    (the ``data`` section goes in ``config``: the keyword ``data`` is the data).
+    ``data``: a class-folder tree or ``.npz`` file (as ``--data``), a :class:`VolumeSet`, or a torch
+    ``Dataset`` of ``(volume, label)`` tuples or MONAI dicts ``{"image": (1, D, H, W) or (D, H, W),
+    "label": int}`` (read once into memory: :func:`~volgan.data.from_dataset.volume_set_from_dataset`
+    says how, and what ``class_names`` and ``spacing`` mean); None: ``data.root`` of the config.
+    ``data.size`` defaults to the edge of a VolumeSet's (or a dataset's cubic) volumes.
+    ``resume``: a run folder or checkpoint to continue. Process-wide settings are set for the
+    duration only (README, "What volgan changes in your process").
+    """
+    from volgan.config import build_config, merge_dicts, read_yaml
+    from volgan.data.dataset import load_volumes
+    from volgan.data.from_dataset import volume_set_from_dataset
+    from volgan.runlock import check_unlocked
+    from volgan.safety import check_output_dir, safe_names
+    from volgan.training import Trainer
+
+    if isinstance(config, Config):
+        base, source = config.to_dict(), "<Config>"
+    elif isinstance(config, Mapping):
+        base, source = dict(config), "<mapping>"
+    elif config is None:
+        base, source = {}, "<defaults>"
+    elif isinstance(config, str | Path):
+        base, source = read_yaml(Path(config)), str(config)
+    else:
+        raise ConfigError(f"config must be a Config, a mapping, a YAML path or None, got {type(config).__name__}")
+    extra: dict[str, Any] = dict(overrides)
+    if run_dir is not None:
+        extra["run_dir"] = str(run_dir)
+    if isinstance(data, str | Path):
+        extra = merge_dicts(extra, {"data": {"root": str(data)}})
+    elif "size" not in {**base.get("data", {}), **extra.get("data", {})} and data is not None:
+        edge = _edge(data)
+        if edge is not None:
+            extra = merge_dicts(extra, {"data": {"size": edge}})
+    cfg = build_config(merge_dicts(base, extra), source + (" (with overrides)" if extra else ""))
+    check_output_dir(Path(cfg.run_dir), "run_dir")
+    check_unlocked(Path(cfg.run_dir))  # before reading the data; fit() takes the lock
+    if data is None or isinstance(data, str | Path):
+        if cfg.data.root is None:
+            raise ConfigError("no data: pass data= (a folder, .npz, VolumeSet or Dataset) or set data.root")
+        volumes = load_volumes(cfg.data)
+    elif isinstance(data, VolumeSet):
+        volumes = data
+    else:
+        volumes = volume_set_from_dataset(data, cfg.data, class_names=class_names, spacing=spacing)
+    if volumes.size != cfg.data.size:
+        raise ConfigError(f"data.size is {cfg.data.size} but the volumes are {volumes.size}³; leave data.size out")
+    safe_names(volumes.class_names, "data")
+    return Trainer(cfg, volumes, resume=None if resume is None else Path(resume)).fit()
+
+
+def _edge(data: Any) -> int | None:
+    """The edge of a VolumeSet's volumes, or of a dataset's first volume if it is a cube; else None."""
+    if isinstance(data, VolumeSet):
+        return data.size
+    from volgan.data.from_dataset import _array, _split
+
+    try:
+        shape = _array(_split(data[0], 0)[0], 0).shape
+    except (VolganError, IndexError, KeyError, TypeError):  # the full read reports what is wrong
+        return None
+    return shape[0] if shape[0] == shape[1] == shape[2] else None

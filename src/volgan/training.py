@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from volgan.models.wgan_gp import count_parameters
 from volgan.rng import RunRNG
 from volgan.runlock import RunLock, check_unlocked
 from volgan.runlog import RunLogger
+
+if TYPE_CHECKING:
+    from volgan.api import VolumeGenerator
 
 log = logging.getLogger("volgan")
 
@@ -105,6 +108,12 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     interrupted: bool = False
+
+    def load(self, **kwargs: Any) -> VolumeGenerator:
+        """The run's generator (``volgan.load`` of its checkpoint; same keyword arguments)."""
+        from volgan.api import load
+
+        return load(self.checkpoint or self.run_dir, **kwargs)
 
 
 class Trainer:
