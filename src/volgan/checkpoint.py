@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from volgan.config import Config, build_config
 from volgan.errors import CheckpointError
 
 FORMAT = "volgan-checkpoint"
@@ -283,3 +284,38 @@ def _parse_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
     if not isinstance(meta["weights"], list):
         raise CheckpointError(f"{path}: safetensors metadata 'weights' must be a list of parts")
     return meta
+
+
+# Settings that must match between a checkpoint and the run that resumes or samples from it.
+ARCHITECTURE_KEYS = {
+    "data": ("size",),
+    "model": (
+        "family",
+        "latent_dim",
+        "embed_dim",
+        "ngf",
+        "ndf",
+        "max_channels",
+        "ac_weight",
+        "mapping_layers",
+        "minibatch_std",
+    ),
+}
+
+
+def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
+    """Refuse a checkpoint whose architecture differs from ``cfg``, naming the first differing key."""
+    for section, keys in ARCHITECTURE_KEYS.items():
+        for key in keys:
+            here = getattr(cfg, section)
+            # a key added after the checkpoint was written holds its default there
+            a, b = saved[section].get(key, type(here).model_fields[key].default), getattr(here, key)
+            if a != b:
+                raise CheckpointError(
+                    f"{where}: checkpoint of another config: {section}.{key} is {a!r} there, {b!r} here"
+                )
+
+
+def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
+    """The run config a checkpoint was written with, validated as any config is."""
+    return build_config(state["config"], f"{source} (config)")

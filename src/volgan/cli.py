@@ -326,9 +326,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
         check_unlocked(Path(cfg.run_dir))  # before loading data; Trainer.fit takes the lock
     if resume_state is not None:  # a mismatch must not wait for (possibly minutes of) preprocessing
         from volgan import checkpoint as ckpt
-        from volgan.training import check_compatible
 
-        check_compatible(resume_state["config"], cfg, ckpt.resolve_checkpoint(args.resume))
+        ckpt.check_compatible(resume_state["config"], cfg, ckpt.resolve_checkpoint(args.resume))
     # One process per machine fills the preprocessing cache; the others then read it.
     if ctx.local_rank != 0:
         distributed.barrier(ctx)

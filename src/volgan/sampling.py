@@ -109,12 +109,10 @@ def load_generator(
 
     ``perf_cfg``: the speed switches for this machine (default: all fast paths), not the training run's.
     """
-    from volgan.training import config_from_checkpoint
-
     path = ckpt.resolve_checkpoint(where)
     state = ckpt.load_safetensors(path) if path.suffix == ".safetensors" else ckpt.load_checkpoint(path)
     ckpt.require_keys(state, ckpt.GENERATOR_KEYS, path)
-    cfg = config_from_checkpoint(state, path)
+    cfg = ckpt.config_from_checkpoint(state, path)
     generator, _ = build_models(cfg, int(state["num_classes"]))
     part = "ema" if ema else "generator"
     if part not in state:

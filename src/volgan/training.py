@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from volgan import checkpoint as ckpt
 from volgan import distributed, perf
 from volgan.augment import AdaptiveP, DiffAugment3d
-from volgan.config import Config, build_config, save_config
+from volgan.config import Config, save_config
 from volgan.data.dataset import VolumeSet
 from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
@@ -57,22 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("volgan")
 
-# Settings that must match between a checkpoint and the run that resumes or samples from it.
-ARCHITECTURE_KEYS = {
-    "data": ("size",),
-    "model": (
-        "family",
-        "latent_dim",
-        "embed_dim",
-        "ngf",
-        "ndf",
-        "max_channels",
-        "ac_weight",
-        "mapping_layers",
-        "minibatch_std",
-    ),
-}
-
 
 class TrainingDiverged(VolganError):
     """A loss became NaN/Inf."""
@@ -87,19 +71,6 @@ def resolve_num_classes(cfg: Config, data: VolumeSet) -> int:
             )
         return cfg.model.num_classes
     return data.num_classes if data.num_classes >= 2 else 0
-
-
-def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
-    """Refuse a checkpoint whose architecture differs from ``cfg``, naming the first differing key."""
-    for section, keys in ARCHITECTURE_KEYS.items():
-        for key in keys:
-            here = getattr(cfg, section)
-            # a key added after the checkpoint was written holds its default there
-            a, b = saved[section].get(key, type(here).model_fields[key].default), getattr(here, key)
-            if a != b:
-                raise CheckpointError(
-                    f"{where}: checkpoint of another config: {section}.{key} is {a!r} there, {b!r} here"
-                )
 
 
 @dataclass
@@ -226,7 +197,7 @@ class Trainer:
         if state is None:
             state = ckpt.load_checkpoint(path, map_location=self.device)
         ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
-        check_compatible(state["config"], self.cfg, path)
+        ckpt.check_compatible(state["config"], self.cfg, path)
         if state["class_names"] != list(self.data.class_names) or state["num_classes"] != self.num_classes:
             raise CheckpointError(
                 f"{path}: trained on classes {state['class_names']}, the data has {list(self.data.class_names)}"
@@ -603,7 +574,3 @@ class Trainer:
             self.last_checkpoint,
         )
         return TrainResult(self.run_dir, self.step, self.last_checkpoint, interrupted)
-
-
-def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
-    return build_config(state["config"], f"{source} (config)")
