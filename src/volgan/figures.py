@@ -243,29 +243,3 @@ def save_loss_curves(
     if title:
         fig.suptitle(title, fontsize=13)
     return _save(fig, path)
-
-
-def log_preview_images(logger: Any, samples: Mapping[str, np.ndarray], step: int, level: float | None) -> None:
-    """TensorBoard images of preview samples (class name -> (n, S, S, S)): mid-slice montages, and
-    surface renders at ``level`` (in [-1, 1]) for occupancy models. ``logger``: a ``RunLogger``."""
-    for name, vols in samples.items():
-        logger.image(f"samples/{name}", slice_montage(vols), step)
-        if level is not None:
-            from volgan.render import render_surface
-
-            logger.image(f"renders/{name}", np.concatenate([render_surface(v, level) for v in vols], 1), step)
-
-
-def write_run_figures(run_dir: Path, samples: Mapping[str, np.ndarray], step: int, level: float | None) -> None:
-    """RUN/figures/: samples.png, losses.png (from stats.jsonl) and, for occupancy models, renders.png."""
-    from volgan.runlog import read_stats
-
-    figures = run_dir / "figures"
-    save_sample_grid(samples, figures / "samples.png", title=f"EMA generator, step {step}")
-    occupancy = level is not None
-    keys = ("loss_d", "loss_g", "d_acc", "d_real", "d_fake") if occupancy else ("loss_d", "loss_g", "gp", "w_dist")
-    save_loss_curves(read_stats(run_dir), figures / "losses.png", keys=keys)
-    if level is not None:
-        from volgan.render import save_render_grid
-
-        save_render_grid(samples, figures / "renders.png", level=level, title=f"EMA generator, step {step}")

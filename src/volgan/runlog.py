@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,31 @@ def read_stats(run_dir: Path) -> list[dict[str, Any]]:
             continue  # a line cut short by a kill
         by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
+
+
+def log_preview_images(logger: RunLogger, samples: Mapping[str, np.ndarray], step: int, level: float | None) -> None:
+    """TensorBoard images of preview samples (class name -> (n, S, S, S)): mid-slice montages, and
+    surface renders at ``level`` (in [-1, 1]) for occupancy models."""
+    from volgan.figures import slice_montage
+
+    for name, vols in samples.items():
+        logger.image(f"samples/{name}", slice_montage(vols), step)
+        if level is not None:
+            from volgan.render import render_surface  # skimage and mplot3d: occupancy runs only
+
+            logger.image(f"renders/{name}", np.concatenate([render_surface(v, level) for v in vols], 1), step)
+
+
+def write_run_figures(run_dir: Path, samples: Mapping[str, np.ndarray], step: int, level: float | None) -> None:
+    """RUN/figures/: samples.png, losses.png (from stats.jsonl) and, for occupancy models, renders.png."""
+    from volgan.figures import save_loss_curves, save_sample_grid
+
+    figures = run_dir / "figures"
+    save_sample_grid(samples, figures / "samples.png", title=f"EMA generator, step {step}")
+    occupancy = level is not None
+    keys = ("loss_d", "loss_g", "d_acc", "d_real", "d_fake") if occupancy else ("loss_d", "loss_g", "gp", "w_dist")
+    save_loss_curves(read_stats(run_dir), figures / "losses.png", keys=keys)
+    if level is not None:
+        from volgan.render import save_render_grid
+
+        save_render_grid(samples, figures / "renders.png", level=level, title=f"EMA generator, step {step}")

@@ -34,7 +34,6 @@ from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
 from volgan.ema import EMA
 from volgan.errors import CheckpointError, ConfigError, VolganError
-from volgan.figures import log_preview_images, write_run_figures
 from volgan.losses import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -50,7 +49,7 @@ from volgan.models import Critic, DCGANDiscriminator, build_models
 from volgan.models.wgan_gp import count_parameters
 from volgan.rng import RunRNG
 from volgan.runlock import RunLock, check_unlocked
-from volgan.runlog import RunLogger
+from volgan.runlog import RunLogger, log_preview_images, write_run_figures
 
 if TYPE_CHECKING:
     from volgan.api import VolumeGenerator
