@@ -165,7 +165,13 @@ def start_contenders(module: str, args: Any, **shape: Any) -> list[Worker]:
         raise SystemExit(f"yardstick not found: {args.yardstick} (pass --yardstick PATH, or --yardstick none)")
     variants: list[tuple[str, dict[str, Any]]] = [("volgan", {})]
     if args.ablation:
-        variants += [(f"volgan, {s}=off", {s: False}) for s in SWITCHES]
+        from volgan.config import PerfConfig
+
+        default = PerfConfig()
+        # each switch flipped from its default (e.g. "fused_norm=off", "dense_stem=on")
+        variants += [
+            (f"volgan, {s}={'off' if getattr(default, s) else 'on'}", {s: not getattr(default, s)}) for s in SWITCHES
+        ]
         variants += [("volgan, all perf off", dict.fromkeys(SWITCHES, False))]
     workers = [Worker("yardstick", f"{module}:yardstick", **shape, path=args.yardstick)] if with_yardstick else []
     return workers + [Worker(name, f"{module}:volgan", **shape, perf=perf) for name, perf in variants]

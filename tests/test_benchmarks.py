@@ -16,7 +16,7 @@ YARDSTICK_ARGS = () if YARDSTICK.exists() else ("--yardstick", "none")
 
 def run(script: str, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +14,8 @@ def test_demo_writes_everything_it_promises(tmp_path: Path, capsys: pytest.Captu
     assert main([*args, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "class consistency:" in out and "real data: 100%" in out
+    diversity = re.search(r"within-class diversity: (\S+) \(.*real data: (\S+); one volume per class: 0\)", out)
+    assert diversity and 0.0 <= float(diversity[1]) <= 2.0 and 0.0 < float(diversity[2]) <= 2.0, out
     assert (run / "checkpoints" / "step_00000003.pt").exists()
     assert any((run / "tensorboard").iterdir())
     samples = sorted((run / "samples").glob("*/*.nii.gz"))  # one folder per class

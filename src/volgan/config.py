@@ -164,8 +164,9 @@ class PerfConfig(_Section):
     conditional scale/shift folded in."""
     subpixel_conv: bool = True
     """the generator's last (one-channel) transposed conv as a 2³ conv + depth-to-space shuffle."""
-    dense_stem: bool = True
-    """the generator's first layer (a transposed conv on a 1³ input) as the dense layer it is."""
+    dense_stem: bool = False
+    """the generator's first layer (a transposed conv on a 1³ input) as the dense layer it is. Off by
+    default: measured 1-2 % slower per training step on both AVX-512 and AVX2 (README, Performance)."""
     tune_allocator: bool = True
     """CPU, glibc: keep freed memory in the heap instead of unmapping and re-faulting it every step."""
     amp: Literal["auto", "bf16", "off"] = "auto"

@@ -196,6 +196,11 @@ def run_demo(
     ref_vols, ref_labels = demo.make(n_samples, size, seed + 1)
     reference = demo.consistency(ref_vols, ref_labels)
     per_class = [demo.consistency(samples[n], np.full(n_samples, k)) for k, n in enumerate(demo.class_names)]
+    from volgan.evaluation.curve import correlation_diversity
+
+    # within-class diversity, 1 - mean voxel correlation of same-class pairs: ~0 means one volume per class
+    diversity = correlation_diversity(fake, fake_labels)
+    diversity_real = correlation_diversity(ref_vols, ref_labels)
 
     print(f"\nvolgan demo ({family}, {demo.what}) finished after {result.step} generator steps")
     print(f"  run folder    {run_dir}")
@@ -211,4 +216,9 @@ def run_demo(
         f"({', '.join(f'{n} {c:.0%}' for n, c in zip(demo.class_names, per_class, strict=True))}); "
         f"real data: {reference:.0%}; chance: {1 / len(demo.class_names):.0%}"
     )
+    if diversity is not None and diversity_real is not None:
+        print(
+            f"  within-class diversity: {diversity:.2f} (1 - mean voxel correlation of same-class pairs; "
+            f"real data: {diversity_real:.2f}; one volume per class: 0)"
+        )
     return result
