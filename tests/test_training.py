@@ -211,3 +211,18 @@ def test_wgan_gp_trains_with_the_critic_minibatch_stddev(tmp_path: Path) -> None
     assert np.isfinite(values["loss_d"]) and np.isfinite(values["gp"])
     with pytest.raises(VolganError, match=r"model\.minibatch_std compares .* leaves 1"):
         Trainer(tiny_config(tmp_path / "one", model={"minibatch_std": True}, train={"batch_size": 1}), tiny_data())
+
+
+def test_wgan_gp_defaults_to_mode_seeking_and_an_older_checkpoint_resumes_without_it(tmp_path: Path) -> None:
+    from volgan.checkpoint import config_from_checkpoint
+
+    run = tmp_path / "run"
+    cfg = tiny_config(run, train={"steps": 2})
+    assert cfg.train.mode_seeking == 1.0  # the family default (README, "Diversity within a class")
+    Trainer(cfg, tiny_data()).fit()
+    newest = ckpt.newest_checkpoint(run)
+    assert newest is not None
+    state = torch.load(newest, weights_only=True)
+    assert config_from_checkpoint(state, newest).train.mode_seeking == 1.0
+    del state["config"]["train"]["mode_seeking"]
+    assert config_from_checkpoint(state, newest).train.mode_seeking == 0.0
