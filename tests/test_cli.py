@@ -198,3 +198,19 @@ def test_far_too_high_learning_rate_is_caught_within_one_step(
     assert err.count("\n") == 0
     assert re.search(r"step [12]: (critic|generator) loss is (nan|inf).*lower learning rate.*last good checkpoint", err)
     assert not list((run / "checkpoints").glob("*.pt"))  # nothing non-finite was saved
+
+
+def test_resume_of_a_checkpoint_from_before_mode_seeking_keeps_it_off(tmp_path: Path, data_dir: Path) -> None:
+    """`volgan train --resume` takes the checkpoint's config as it trained, not today's family default."""
+    import torch
+    import yaml
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--run-dir", str(run), "--steps", "2", *TINY]) == 0
+    path = run / "checkpoints" / "step_00000002.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["config"]["train"]["mode_seeking"] == 1.0  # the wgan_gp default
+    del state["config"]["train"]["mode_seeking"]
+    torch.save(state, path)
+    assert main(["train", "--resume", str(run), "--steps", "3", "--data", str(data_dir)]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["mode_seeking"] == 0.0

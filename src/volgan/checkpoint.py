@@ -316,8 +316,8 @@ def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
                 )
 
 
-def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
-    """The run config a checkpoint was written with, validated as any config is.
+def saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The config mapping a checkpoint was written with, as it trained.
 
     Keys added after a checkpoint was written take the value that reproduces how it was trained,
     not today's default: a run from before ``train.mode_seeking`` existed resumes without it."""
@@ -325,4 +325,9 @@ def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
     train = saved.get("train")
     if isinstance(train, dict) and "mode_seeking" not in train:
         saved["train"] = {**train, "mode_seeking": 0.0}
-    return build_config(saved, f"{source} (config)")
+    return saved
+
+
+def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
+    """The run config a checkpoint was written with (:func:`saved_config`), validated as any config is."""
+    return build_config(saved_config(state), f"{source} (config)")

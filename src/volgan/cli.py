@@ -262,7 +262,7 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
         path = ckpt.resolve_checkpoint(args.resume)
         state = ckpt.load_checkpoint(path)
         ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
-        base = read_yaml(args.config) if args.config else state["config"]
+        base = read_yaml(args.config) if args.config else ckpt.saved_config(state)
         if args.resume.is_dir():
             overrides.append(f"run_dir={args.resume}")
         elif args.run_dir is None:  # RUN/checkpoints/step_*.pt continues RUN; any other file needs --run-dir

@@ -105,13 +105,13 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.device = distributed.rank_device(dist, resolve_device(cfg.device))
         self.rows = dist.rows(cfg.train.batch_size)  # this rank's share of every global batch
-        if cfg.train.mode_seeking and len(range(cfg.train.batch_size)[self.rows]) < 2:
+        share = len(range(cfg.train.batch_size)[self.rows])
+        if cfg.train.mode_seeking and share < 2:
             log.warning("train.mode_seeking needs >= 2 volumes per process to form a pair; it has no effect here")
         self.num_classes = resolve_num_classes(cfg, data)
         # the run's own random streams: weight init and every draw of a step, never the global seed
         self.rng = RunRNG(cfg.seed, self.device)
         # `discriminator` is the critic of the WGAN-GP or the discriminator of the DCGAN.
-        share = len(range(cfg.train.batch_size)[self.rows])
         if cfg.model.minibatch_std and share < 2:
             raise ConfigError(
                 f"model.minibatch_std compares the volumes of each process's share of the batch: "
