@@ -45,10 +45,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--no-sync-bn", action="store_true", help="dcgan: per-process BatchNorm statistics")
     ap.add_argument("--augment", action="store_true", help="differentiable augmentation, adaptive, p 0.5")
+    ap.add_argument("--grow", action="store_true", help="wgan_gp: progressive growing 8³ -> 16³ (1 step, fade 2)")
     a = ap.parse_args()
 
     ctx = distributed.env_context()
     spec = FAMILIES[a.family]
+    if a.grow:
+        spec = {
+            "model": {**spec["model"], "grow_from": 8},
+            "train": {**spec["train"], "grow_steps": 1, "grow_fade": 2},
+        }
     cfg = build_config(
         {
             "device": "cpu",

@@ -84,6 +84,16 @@ def test_wgan_gp_step_on_two_processes_equals_one_process_on_the_whole_batch(tmp
 
 
 @pytest.mark.numerics
+def test_progressive_growing_on_two_processes_equals_one_process(tmp_path: Path) -> None:
+    """A step at 8³ (the 16³ layers unused: DDP must not wait for their gradients), then a step
+    while 16³ fades in (both output layers trained)."""
+    one = run_worker(tmp_path, "one", "--family", "wgan_gp", "--grow", "--steps", "2", procs=1)
+    two = run_worker(tmp_path, "two", "--family", "wgan_gp", "--grow", "--steps", "2", procs=2)
+    assert {"grow_heads.0.weight", "to_volume.weight"} <= one["generator"]["grads"].keys()
+    assert_same(one, two, RTOL, ATOL)
+
+
+@pytest.mark.numerics
 def test_dcgan_steps_with_sync_batchnorm_equal_one_process_and_differ_without(tmp_path: Path) -> None:
     """Two DCGAN steps (AC head, instance noise, noisy labels) with BatchNorm in both networks."""
     one = run_worker(tmp_path, "one", "--family", "dcgan", "--steps", "2", procs=1)

@@ -299,6 +299,7 @@ ARCHITECTURE_KEYS = {
         "ac_weight",
         "mapping_layers",
         "minibatch_std",
+        "grow_from",
     ),
 }
 

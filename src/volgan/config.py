@@ -111,6 +111,8 @@ class ModelConfig(_Section):
     # wgan_gp: depth of the mapping network from (latent, class) to every stage's norm scale/shift
     # (adaptive instance norm); 0 = the seed design, latent at the stem only
     mapping_layers: int = Field(0, ge=0, le=8)
+    # wgan_gp: progressive growing (volgan.growth): the smallest grid trained, data.size / 2**k; null = off
+    grow_from: int | None = Field(None, ge=8)
 
 
 class TrainConfig(_Section):
@@ -136,6 +138,17 @@ class TrainConfig(_Section):
     instance_noise_steps: int = Field(0, ge=0)
     # weight of the mode-seeking term (Mao et al. 2019) in the generator loss; 0 = off
     mode_seeking: float = Field(0.0, ge=0)
+    # progressive growing (model.grow_from): generator steps at each grid below data.size, coarse
+    # first (one number: the same for each), and the steps over which each finer grid fades in
+    grow_steps: int | list[int] = Field(1000)
+    grow_fade: int = Field(200, ge=0)
+
+    @field_validator("grow_steps")
+    @classmethod
+    def _grow_steps(cls, v: int | list[int]) -> int | list[int]:
+        if any(n < 1 for n in ([v] if isinstance(v, int) else v)):
+            raise ValueError(f"each number of steps must be >= 1, got {v}")
+        return v
 
     @field_validator("betas")
     @classmethod
@@ -271,7 +284,28 @@ class Config(_Section):
                 "model.mapping_layers: only for family wgan_gp (its instance norms take the style; the 3D-GAN "
                 "generator uses BatchNorm)"
             )
+        self._check_growth()
         return self
+
+    def _check_growth(self) -> None:
+        m, t, size = self.model, self.train, self.data.size
+        if m.grow_from is None:
+            return
+        if m.family != "wgan_gp":
+            raise ValueError("model.grow_from: progressive growing is only for family wgan_gp")
+        n_stages = grid_stages(size)[1]
+        grids = [size // 2**k for k in range(1, n_stages)]
+        if m.grow_from not in grids:
+            raise ValueError(
+                f"model.grow_from: {m.grow_from} is not data.size {size} halved 1..{n_stages - 1} times "
+                f"(one of {', '.join(map(str, grids))})"
+            )
+        levels = grids.index(m.grow_from) + 1
+        if isinstance(t.grow_steps, list) and len(t.grow_steps) != levels:
+            raise ValueError(
+                f"train.grow_steps: {len(t.grow_steps)} numbers for {levels} grids below {size} "
+                f"({', '.join(map(str, reversed(grids[:levels])))}); give {levels} or one number"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -196,8 +196,10 @@ class MethodCall(nn.Module):
         return getattr(self.network, method)(*args, **kwargs)
 
 
-def wrap(module: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """``module`` in DistributedDataParallel when the job has several processes, else itself."""
+def wrap(module: nn.Module, ctx: DistContext, device: torch.device, find_unused: bool = False) -> nn.Module:
+    """``module`` in DistributedDataParallel when the job has several processes, else itself.
+
+    ``find_unused``: some parameters get no gradient in a step (progressive growing's other levels)."""
     if not ctx.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -211,6 +213,7 @@ def wrap(module: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module
         device_ids=[device.index] if device.type == "cuda" else None,
         # SyncBatchNorm (or InstanceNorm) already makes the statistics equal on every rank
         forward_sync_buffers=False,
+        find_unused_parameters=find_unused,
     )
 
 

@@ -34,6 +34,11 @@ class EMA:
         for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
 
+    def restart(self) -> None:
+        """Start the warm-up again (the next update takes mostly the live weights): progressive
+        growing does this when a finer level begins, whose new layers the old average has not seen."""
+        self.updates = 0
+
     def ready(self, batches: int = 16, batch_size: int = 16, seed: int = 0) -> AnyGenerator:
         """The averaged generator in eval mode, its BatchNorm statistics matching its weights."""
         if self._calibrated_at != self.updates:

@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from volgan import checkpoint as ckpt
-from volgan import distributed, perf
+from volgan import distributed, growth, perf
 from volgan.augment import AdaptiveP, DiffAugment3d
 from volgan.config import Config, save_config
 from volgan.data.dataset import VolumeSet
@@ -133,8 +133,19 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self._d_params, lr=t.lr_d, betas=t.betas)
         # Under torchrun both networks run inside DistributedDataParallel (gradients averaged over
         # ranks); the discriminator's entry points are called by name through its forward.
-        self.g_call = distributed.wrap(self.generator, dist, self.device)
-        self.d_call = distributed.wrap(distributed.MethodCall(self.discriminator), dist, self.device)
+        # progressive growing: the level each step trains at (None: the full grid throughout)
+        m = cfg.model
+        self.growth = (
+            growth.GrowthSchedule.from_config(cfg.data.size, m.grow_from, t.grow_steps, t.grow_fade)
+            if m.grow_from is not None
+            else None
+        )
+        self._native = {"native": True} if self.growth is not None else {}  # generator calls in training
+        growing = self.growth is not None  # a coarse level leaves some layers unused: DDP must know
+        self.g_call = distributed.wrap(self.generator, dist, self.device, find_unused=growing)
+        self.d_call = distributed.wrap(
+            distributed.MethodCall(self.discriminator), dist, self.device, find_unused=growing
+        )
         a = cfg.augment
         value_range = (0.0, 1.0) if cfg.model.family == "dcgan" else (-1.0, 1.0)  # what the discriminator sees
         self.augment = DiffAugment3d(a, value_range) if a.enabled else None
@@ -241,9 +252,12 @@ class Trainer:
     def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the next global batch: volumes (b, 1, S, S, S), labels (b,)."""
         idx = np.sort(self.stream.next())[self.rows]
-        x = torch.from_numpy(np.ascontiguousarray(self.data.volumes[idx], dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(self.data.volumes[idx], dtype=np.float32)).unsqueeze(1)
         y = torch.from_numpy(self.data.labels[idx].astype(np.int64))
-        return perf.to_format(x.unsqueeze(1).to(self.device), self.cfg.perf), y.to(self.device)
+        x = x.to(self.device)
+        if self.growth is not None:  # the grid the critic reads at this level
+            x = growth.real_at_level(x, *self.generator.growth())
+        return perf.to_format(x, self.cfg.perf), y.to(self.device)
 
     def _draw(self, fn: Any, *shape: int) -> torch.Tensor:
         """``fn`` (torch.randn / torch.rand) for the whole global batch, then this rank's rows: every
@@ -277,6 +291,7 @@ class Trainer:
 
     def _train_step(self) -> dict[str, float]:
         d = self.discriminator
+        self._set_growth()
         values = self._critic_step(d) if isinstance(d, Critic) else self._dcgan_step(d)
         self.step += 1
         if self.augment is not None:
@@ -291,6 +306,18 @@ class Trainer:
                 values["aug_signal"] = self.ada.last_signal
         return values
 
+    def _set_growth(self) -> None:
+        """Progressive growing: this step's level and fade on both networks. The EMA restarts its
+        warm-up when a finer level begins, so it averages the weights that level trains."""
+        if self.growth is None:
+            return
+        level, alpha = self.growth.at(self.step)
+        self.generator.set_growth(level, alpha)
+        self.discriminator.set_growth(level, alpha)
+        if self.step and self.growth.phase(self.step) != self.growth.phase(self.step - 1):
+            self.ema.restart()
+            log.info("step %d: growing to %d³", self.step + 1, self.cfg.data.size // 2**level)
+
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
         """What the critic/discriminator sees of a batch: x augmented (augment.enabled), else x."""
         return x if self.augment is None else self.augment(x, self._draw)
@@ -303,7 +330,8 @@ class Trainer:
             real, labels = self._real_batch()
             b = real.shape[0]
             with torch.no_grad(), self._amp():
-                fake = perf.to_format(g(self._draw(torch.randn, g.latent_dim), labels).float(), self.cfg.perf)
+                fake = g(self._draw(torch.randn, g.latent_dim), labels, **self._native)
+                fake = perf.to_format(fake.float(), self.cfg.perf)
             # The critic sees augmented volumes only (augment.enabled); the penalty below is taken on
             # interpolates of exactly these augmented reals and fakes, i.e. where the critic is used.
             real, fake = self._aug(real), self._aug(fake)
@@ -334,7 +362,7 @@ class Trainer:
         labels = self._paired(labels)
         d.requires_grad_(False)  # the generator step needs gradients through the critic, not for it
         with self._amp():  # the critic is called directly: its frozen weights need no synchronising
-            generated = self.g_call(z, labels)
+            generated = self.g_call(z, labels, **self._native)
             fake = perf.to_format(self._aug(generated), self.cfg.perf)
             fake_scores, logits = d.score_and_logits(fake, labels)
         d.requires_grad_(True)

@@ -35,7 +35,7 @@ def build_models(
             ),
         )
     return (
-        Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.mapping_layers),
+        Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.mapping_layers, m.grow_from),
         Critic(
             size,
             num_classes,
@@ -43,6 +43,7 @@ def build_models(
             m.max_channels,
             aux_classifier=m.ac_weight > 0,
             minibatch_std_group=critic_std_group(batch_per_process or cfg.train.batch_size) if m.minibatch_std else 0,
+            grow_from=m.grow_from,
         ),
     )
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from volgan.config import grid_stages
+from volgan.growth import Growing
 from volgan.models.layers import StemConvTranspose3d, SubpixelConvTranspose3d
 from volgan.models.wgan_gp import stage_channels
 
@@ -45,7 +46,7 @@ def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
     return per_group.repeat(g).view(b, 1, 1, 1, 1).expand(b, 1, *h.shape[2:]).to(h.dtype)
 
 
-class DCGANGenerator(nn.Module):
+class DCGANGenerator(Growing):
     """Latent vector + class -> occupancy/intensity volume in [0, 1] (sigmoid)."""
 
     output_range = (0.0, 1.0)
@@ -85,7 +86,7 @@ class DCGANGenerator(nn.Module):
         return torch.sigmoid(self.net(z[:, :, None, None, None]))
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(Growing):
     """Volume + class -> probability that the volume is real (B,)."""
 
     def __init__(

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from volgan.config import grid_stages
+from volgan.growth import Growing, downsample, grow_levels, upsample
 from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelConvTranspose3d
 
 
@@ -81,8 +82,12 @@ class _UpStage(nn.Module):
         return self.act(self.norm(self.conv(x), cond))
 
 
-class Generator(nn.Module):
-    """Latent vector + class -> volume in [-1, 1] (Tanh)."""
+class Generator(Growing):
+    """Latent vector + class -> volume in [-1, 1] (Tanh).
+
+    With ``grow_from`` (progressive growing, :mod:`volgan.growth`) it also has an output layer at each
+    coarser grid down to ``grow_from``³; at a coarse level its volumes are upsampled to the full grid
+    unless ``native=True`` (what the trainer asks for)."""
 
     output_range = (-1.0, 1.0)
 
@@ -95,6 +100,7 @@ class Generator(nn.Module):
         embed_dim: int = 64,
         max_channels: int = 512,
         mapping_layers: int = 0,
+        grow_from: int | None = None,
     ) -> None:
         super().__init__()
         self.size, self.latent_dim, self.num_classes = size, latent_dim, num_classes
@@ -111,9 +117,18 @@ class Generator(nn.Module):
         self.stem_norm = ConditionalInstanceNorm3d(chans[0], cond_dim)
         self.stages = nn.ModuleList(_UpStage(a, b, cond_dim) for a, b in itertools.pairwise(chans))
         self.to_volume = SubpixelConvTranspose3d(chans[-1], 1)
+        levels = _check_growth(size, grow_from)
+        self._init_growth(levels)
+        if levels:  # the output layer of level k (k = 1..levels) follows stage n_stages - 1 - k
+            self.grow_heads = nn.ModuleList(SubpixelConvTranspose3d(chans[-1 - k], 1) for k in range(1, levels + 1))
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (B, latent_dim); labels: (B,) int64 (ignored if unconditional) -> (B, 1, S, S, S)."""
+    def _head(self, level: int) -> nn.Module:
+        return self.to_volume if level == 0 else self.grow_heads[level - 1]
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, native: bool = False) -> torch.Tensor:
+        """z: (B, latent_dim); labels: (B,) int64 (ignored if unconditional) -> (B, 1, S, S, S).
+
+        While growing, ``native=True`` returns the current level's grid, (B, 1, S/2^k, S/2^k, S/2^k)."""
         cond = None
         if self.embed is not None:
             if labels is None:
@@ -123,9 +138,29 @@ class Generator(nn.Module):
         if self.mapping is not None:
             cond = self.mapping(z)
         x = torch.relu(self.stem_norm(self.stem(z[:, :, None, None, None]), cond))
-        for stage in self.stages:
+        level, alpha = self.growth()
+        used = len(self.stages) - level  # the stages this level runs
+        for stage in self.stages[: max(used - 1, 0)]:
             x = stage(x, cond)
-        return torch.tanh(self.to_volume(x))
+        coarse = None
+        if used >= 1:
+            if alpha < 1:  # fading in: the coarser level's volume, upsampled, blended with this one's
+                coarse = upsample(torch.tanh(self._head(level + 1)(x)), 2)
+            x = self.stages[used - 1](x, cond)
+        out = torch.tanh(self._head(level)(x))
+        if coarse is not None:  # alpha 0: exactly the coarser level's volume, so growing starts smoothly
+            out = torch.lerp(coarse, out, alpha)
+        return out if native else upsample(out, 2**level)
+
+
+def _check_growth(size: int, grow_from: int | None) -> int:
+    """Levels below ``size`` down to ``grow_from`` (0 without growing); ValueError for a grid the
+    stages cannot reach by halving (the config check names the key first)."""
+    base, n_stages = grid_stages(size)
+    levels = grow_levels(size, grow_from)
+    if grow_from is not None and (grow_from * 2**levels != size or not 1 <= levels <= n_stages - 1):
+        raise ValueError(f"grow_from {grow_from}: use {size} / 2**k with k in 1..{n_stages - 1} (>= {2 * base})")
+    return levels
 
 
 def group_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
@@ -144,7 +179,7 @@ def group_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
     return per_group.repeat_interleave(group).view(b, 1, 1, 1, 1).expand(b, 1, *h.shape[2:]).to(h.dtype)
 
 
-class Critic(nn.Module):
+class Critic(Growing):
     """Volume + class -> unbounded score (B,). Class conditioning by projection (Miyato & Koyama 2018).
 
     No BatchNorm anywhere: it mixes samples in a batch and so breaks the per-sample gradient
@@ -163,6 +198,7 @@ class Critic(nn.Module):
         max_channels: int = 512,
         aux_classifier: bool = False,
         minibatch_std_group: int = 0,
+        grow_from: int | None = None,
     ) -> None:
         super().__init__()
         self.size, self.num_classes = size, num_classes
@@ -180,6 +216,13 @@ class Critic(nn.Module):
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         self.features = nn.Sequential(*layers)
+        levels = _check_growth(size, grow_from)
+        self._init_growth(levels)
+        if levels:  # the input layer of level k reads a (S/2^k)³ volume into stage k's channels
+            self.grow_inputs = nn.ModuleList(
+                nn.Sequential(nn.Conv3d(1, chans[k], 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
+                for k in range(1, levels + 1)
+            )
         # dense layer over the base³ block (+ the minibatch-stddev map)
         self.head = nn.Conv3d(chans[-1] + int(minibatch_std_group > 1), 1, base)
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
@@ -193,7 +236,7 @@ class Critic(nn.Module):
         self, x: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, 1, S, S, S); labels: (B,) -> scores (B,) and, with the auxiliary classifier, logits (B, K)."""
-        h = self.features(x)
+        h = self._features(x)
         g = self.minibatch_std_group
         out = self.head(torch.cat([h, group_stddev(h, g)], dim=1) if g > 1 else h).flatten(1).squeeze(1)
         pooled = h.sum(dim=(2, 3, 4))
@@ -204,8 +247,30 @@ class Critic(nn.Module):
         logits = self.classifier(pooled) if self.classifier is not None else None
         return out, logits
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """x at the current level's grid -> the features of the coarsest stage (B, C, base, base, base)."""
+        if not self.grow_levels:
+            return self.features(x)
+        level, alpha = self.growth()
+        n_blocks = (len(self.features) - 2) // 3  # input conv + activation, then conv, norm, act per stage
+        inputs = [self.features[:2], *self.grow_inputs]
+
+        def block(j: int) -> nn.Module:
+            return self.features[2 + 3 * j : 5 + 3 * j]
+
+        h = inputs[level](x)
+        first = level
+        if alpha < 1:  # fading in: blend with the coarser level's input layer on the pooled volume
+            h = torch.lerp(inputs[level + 1](downsample(x, 2)), block(level)(h), alpha)
+            first = level + 1
+        for j in range(first, n_blocks):
+            h = block(j)(h)
+        return h
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, 1, S, S, S); labels: (B,) int64 (ignored if unconditional) -> (B,)."""
+        """x: (B, 1, S, S, S); labels: (B,) int64 (ignored if unconditional) -> (B,).
+
+        While growing, x is at the current level's grid, (B, 1, S/2^k, S/2^k, S/2^k)."""
         return self.score_and_logits(x, labels)[0]
 
 
