@@ -362,23 +362,14 @@ def train(
     ``resume``: a run folder or checkpoint to continue. Process-wide settings are set for the
     duration only (README, "What volgan changes in your process").
     """
-    from volgan.config import build_config, merge_dicts, read_yaml
+    from volgan.config import config_mapping, load_config, merge_dicts
     from volgan.data.dataset import load_volumes
     from volgan.data.from_dataset import volume_set_from_dataset
     from volgan.runlock import check_unlocked
     from volgan.safety import check_output_dir, safe_names
     from volgan.training import Trainer
 
-    if isinstance(config, Config):
-        base, source = config.to_dict(), "<Config>"
-    elif isinstance(config, Mapping):
-        base, source = dict(config), "<mapping>"
-    elif config is None:
-        base, source = {}, "<defaults>"
-    elif isinstance(config, str | Path):
-        base, source = read_yaml(Path(config)), str(config)
-    else:
-        raise ConfigError(f"config must be a Config, a mapping, a YAML path or None, got {type(config).__name__}")
+    base, source = config_mapping(config)
     extra: dict[str, Any] = dict(overrides)
     if run_dir is not None:
         extra["run_dir"] = str(run_dir)
@@ -388,7 +379,7 @@ def train(
         edge = _edge(data)
         if edge is not None:
             extra = merge_dicts(extra, {"data": {"size": edge}})
-    cfg = build_config(merge_dicts(base, extra), source + (" (with overrides)" if extra else ""))
+    cfg = load_config(base, values=extra, name=source)
     check_output_dir(Path(cfg.run_dir), "run_dir")
     check_unlocked(Path(cfg.run_dir))  # before reading the data; fit() takes the lock
     if data is None or isinstance(data, str | Path):

@@ -254,23 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
     """The run's config and, with --resume, the loaded checkpoint (read once, used twice)."""
     from volgan import checkpoint as ckpt
-    from volgan.config import build_config, merge_dicts, parse_override, read_yaml
+    from volgan.config import load_config
 
     overrides: list[str] = list(args.set)
     state = None
+    base: Any = args.config  # a YAML path, or None for the defaults
+    name = None
     if args.resume is not None:
         path = ckpt.resolve_checkpoint(args.resume)
         state = ckpt.load_checkpoint(path)
         ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
-        base = read_yaml(args.config) if args.config else ckpt.saved_config(state)
+        if args.config is None:  # the checkpoint's own config
+            base, name = ckpt.saved_config(state), str(path)
         if args.resume.is_dir():
             overrides.append(f"run_dir={args.resume}")
         elif args.run_dir is None:  # RUN/checkpoints/step_*.pt continues RUN; any other file needs --run-dir
             overrides.append(f"run_dir={ckpt.run_dir_of(path)}")
-        source = str(args.config or path)
-    else:
-        base = read_yaml(args.config) if args.config else {}
-        source = str(args.config or "<defaults>")
     for flag, key in (
         ("data", "data.root"),
         ("run_dir", "run_dir"),
@@ -281,9 +280,7 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    for text in overrides:
-        base = merge_dicts(base, parse_override(text))
-    return build_config(base, source + (" (with command-line overrides)" if overrides else "")), state
+    return load_config(base, overrides, name=name, what="command-line overrides"), state
 
 
 def cmd_train(args: argparse.Namespace) -> int:

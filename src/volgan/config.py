@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -319,6 +320,11 @@ class Config(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def surface_level(threshold: float) -> float:
+    """``data.threshold`` (an occupancy level in 0..1) on the [-1, 1] scale volumes are generated on."""
+    return 2 * threshold - 1
+
+
 def grid_stages(size: int) -> tuple[int, int]:
     """Return ``(base, n_stages)`` with ``size == base * 2**n_stages``, base in 4..7, n_stages >= 1.
 
@@ -410,14 +416,44 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: {e}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (none: the built-in defaults) and apply ``KEY=VALUE`` overrides."""
-    source: Path | str = Path(path) if path is not None else "<defaults>"
-    data = read_yaml(Path(path)) if path is not None else {}
-    for text in overrides or []:
+def config_mapping(source: str | Path | Mapping[str, Any] | Config | None) -> tuple[dict[str, Any], str]:
+    """What a config source says, as a plain mapping (a YAML file read, a Config dumped, None: {}),
+    and the name errors give it."""
+    if isinstance(source, Config):
+        return source.to_dict(), "<Config>"
+    if isinstance(source, Mapping):
+        return dict(source), "<mapping>"
+    if source is None:
+        return {}, "<defaults>"
+    if isinstance(source, str | Path):
+        return read_yaml(Path(source)), str(source)
+    raise ConfigError(f"config must be a Config, a mapping, a YAML path or None, got {type(source).__name__}")
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | Config | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    values: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    what: str = "overrides",
+) -> Config:
+    """The one way volgan turns what a user gave into a validated :class:`Config` (the CLI, the
+    Python API and evaluation all call it).
+
+    ``source``: a YAML file, a mapping, a Config, or None for the built-in defaults. Then ``values``
+    (a nested mapping, e.g. ``{"train": {"steps": 200}}``) and ``KEY=VALUE`` texts (``--set``) are
+    merged on top, in that order. Errors name ``name`` (default: the file, ``<mapping>``,
+    ``<defaults>``), followed by "(with {what})" when anything was merged.
+    """
+    data, label = config_mapping(source)
+    texts = list(overrides)
+    if values:
+        data = merge_dicts(data, dict(values))
+    for text in texts:
         data = merge_dicts(data, parse_override(text))
-    label = str(source) if not overrides else f"{source} (with overrides)"
-    return build_config(data, label)
+    label = name or label
+    return build_config(data, label + (f" (with {what})" if values or texts else ""))
 
 
 def save_config(cfg: Config, path: Path, facts: dict[str, Any] | None = None) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from volgan.config import build_config
+from volgan.config import build_config, surface_level
 from volgan.data.volume_set import VolumeSet
 from volgan.figures import save_sample_grid
 from volgan.sampling import generate, load_generator, write_samples
@@ -180,7 +180,7 @@ def run_demo(
     if family == "dcgan":
         from volgan.render import export_mesh, save_render_grid
 
-        level = 2 * cfg.data.threshold - 1
+        level = surface_level(cfg.data.threshold)
         extra.append(f"  renders       {save_render_grid(shown, figures / 'renders.png', level=level, title=title)}")
         written = 0
         for name, vols in samples.items():

@@ -18,7 +18,7 @@ import torch
 
 from volgan import checkpoint as ckpt
 from volgan import perf
-from volgan.config import PerfConfig
+from volgan.config import PerfConfig, surface_level
 from volgan.errors import VolganError
 from volgan.models import AnyGenerator, build_models
 from volgan.safety import inside, make_output_dir, safe_names
@@ -240,7 +240,7 @@ def write_samples(
             write_volume(vol if intensities else unscale(vol, *loaded.intensity_range), path, loaded.affine)
             for mesh_format in meshes:
                 target = class_dir / f"{stem}.{mesh_format}"
-                _write_mesh(vol, target, 2 * loaded.threshold - 1, loaded.affine)
+                _write_mesh(vol, target, surface_level(loaded.threshold), loaded.affine)
             target = class_dir / f"{stem}.json"
             sidecar = json.dumps(meta, indent=2).encode()
             ckpt.atomic_write(target, lambda f, sidecar=sidecar: f.write(sidecar))

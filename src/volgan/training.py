@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from volgan import checkpoint as ckpt
 from volgan import distributed, growth, perf
 from volgan.augment import AdaptiveP, DiffAugment3d
-from volgan.config import Config, save_config
+from volgan.config import Config, save_config, surface_level
 from volgan.data.dataset import VolumeSet
 from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
@@ -483,7 +483,7 @@ class Trainer:
     @property
     def surface_level(self) -> float | None:
         """DCGAN runs are occupancy/surface data: they also get surface renders, at this level in [-1, 1]."""
-        return 2 * self.cfg.data.threshold - 1 if self.cfg.model.family == "dcgan" else None
+        return surface_level(self.cfg.data.threshold) if self.cfg.model.family == "dcgan" else None
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
         """Train until train.steps (or train.max_minutes, a signal, or ``stop_after`` more steps).

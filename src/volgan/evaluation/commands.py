@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from volgan.config import DataConfig, build_config, merge_dicts, parse_override, read_yaml
+from volgan.config import DataConfig, load_config, surface_level
 from volgan.errors import VolganError
 from volgan.evaluation.evaluate import Labelled
 
@@ -22,14 +22,10 @@ log = logging.getLogger("volgan")
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
     """The preprocessing for the classifier's data: --config's data section, then --size/--set."""
-    base = read_yaml(args.config) if args.config else {}
     overrides = list(args.set)
     if args.size is not None:
         overrides.append(f"data.size={args.size}")
-    for text in overrides:
-        base = merge_dicts(base, parse_override(text))
-    source = str(args.config or "<defaults>") + (" (with command-line overrides)" if overrides else "")
-    return build_config(base, source).data
+    return load_config(args.config, overrides, what="command-line overrides").data
 
 
 def load_labelled(cfg: DataConfig, root: str | Path, split: str | None = None, what: str = "real") -> Labelled:
@@ -109,7 +105,7 @@ def as_loaded(volumes: np.ndarray, cfg: DataConfig) -> np.ndarray:
     from volgan.data.preprocess import intensity_bounds_batch, scale_to_unit
 
     if cfg.binary:
-        return np.where(volumes >= 2 * cfg.threshold - 1, np.float32(1.0), np.float32(-1.0))
+        return np.where(volumes >= surface_level(cfg.threshold), np.float32(1.0), np.float32(-1.0))
     lo, hi = intensity_bounds_batch(volumes, cfg.intensity_percentiles)
     flat = hi <= lo  # a constant volume: nothing to stretch, keep it as it is
     hi[flat] = lo[flat] + 1.0

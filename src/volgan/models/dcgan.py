@@ -17,7 +17,7 @@ from torch import nn
 
 from volgan.config import grid_stages
 from volgan.growth import Growing
-from volgan.models.layers import StemConvTranspose3d, SubpixelConvTranspose3d
+from volgan.models.layers import StemConvTranspose3d, SubpixelConvTranspose3d, class_embedding
 from volgan.models.wgan_gp import stage_channels
 
 
@@ -79,10 +79,9 @@ class DCGANGenerator(Growing):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, latent_dim); labels: (B,) int64 (ignored if unconditional) -> (B, 1, S, S, S) in [0, 1]."""
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("a conditional generator needs class labels")
-            z = torch.cat([z, self.embed(labels)], dim=1)
+        cond = class_embedding(self.embed, labels, "generator")
+        if cond is not None:
+            z = torch.cat([z, cond], dim=1)
         return torch.sigmoid(self.net(z[:, :, None, None, None]))
 
 
@@ -124,10 +123,9 @@ class DCGANDiscriminator(Growing):
         h = self.features(x)
         flat = torch.cat([h, minibatch_stddev(h)], dim=1) if self.minibatch_std else h
         out = self.dense(flat.flatten(1)).squeeze(1)
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("a conditional discriminator needs class labels")
-            out = out + (self.embed(labels) * h.mean(dim=(2, 3, 4))).sum(dim=1)
+        cond = class_embedding(self.embed, labels, "discriminator")
+        if cond is not None:  # projection (Miyato & Koyama 2018)
+            out = out + (cond * h.mean(dim=(2, 3, 4))).sum(dim=1)
         classes = self.classifier(h.mean(dim=(2, 3, 4))) if self.classifier is not None else None
         return out, classes
 

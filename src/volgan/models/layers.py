@@ -72,6 +72,16 @@ def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return var.view(b, c, 1, 1, 1), mean.view(b, c, 1, 1, 1)
 
 
+def class_embedding(embed: nn.Embedding | None, labels: torch.Tensor | None, what: str) -> torch.Tensor | None:
+    """``embed(labels)`` for a conditional network (``embed`` set), None for an unconditional one;
+    a conditional ``what`` ("generator", "critic", ...) called without labels is refused."""
+    if embed is None:
+        return None
+    if labels is None:
+        raise ValueError(f"a conditional {what} needs class labels")
+    return embed(labels)
+
+
 def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.view(-1 if v.dim() == 2 else 1, x.shape[1], 1, 1, 1)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from volgan.config import grid_stages
 from volgan.growth import Growing, downsample, grow_levels, upsample
-from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelConvTranspose3d
+from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelConvTranspose3d, class_embedding
 
 
 def stage_channels(width: int, n_stages: int, max_channels: int) -> list[int]:
@@ -129,11 +129,8 @@ class Generator(Growing):
         """z: (B, latent_dim); labels: (B,) int64 (ignored if unconditional) -> (B, 1, S, S, S).
 
         While growing, ``native=True`` returns the current level's grid, (B, 1, S/2^k, S/2^k, S/2^k)."""
-        cond = None
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("a conditional generator needs class labels")
-            cond = self.embed(labels)
+        cond = class_embedding(self.embed, labels, "generator")
+        if cond is not None:
             z = torch.cat([z, cond], dim=1)
         if self.mapping is not None:
             cond = self.mapping(z)
@@ -240,10 +237,9 @@ class Critic(Growing):
         g = self.minibatch_std_group
         out = self.head(torch.cat([h, group_stddev(h, g)], dim=1) if g > 1 else h).flatten(1).squeeze(1)
         pooled = h.sum(dim=(2, 3, 4))
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("a conditional critic needs class labels")
-            out = out + (self.embed(labels) * pooled).sum(dim=1)
+        cond = class_embedding(self.embed, labels, "critic")
+        if cond is not None:
+            out = out + (cond * pooled).sum(dim=1)
         logits = self.classifier(pooled) if self.classifier is not None else None
         return out, logits
 
