@@ -198,7 +198,7 @@ def test_mode_seeking_pairs_classes_and_trains(tmp_path: Path) -> None:
     assert np.isfinite(values["loss_g"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.generator.parameters(), strict=True))
     odd = Trainer(tiny_config(tmp_path / "odd", train={"batch_size": 3, "mode_seeking": 1.0}), tiny_data())
-    assert torch.equal(odd._paired(torch.tensor([1, 0, 0])), torch.tensor([1, 1, 0]))  # the last one has no partner
+    assert torch.equal(odd.paired(torch.tensor([1, 0, 0])), torch.tensor([1, 1, 0]))  # the last one has no partner
     assert np.isfinite(odd.train_step()["loss_g"])
 
 

@@ -9,7 +9,6 @@ update. Everything else (data order, EMA, logging, checkpoints, signals) is the 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import signal
@@ -23,29 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from volgan import checkpoint as ckpt
-from volgan import distributed, growth, perf
+from volgan import distributed, growth, perf, updates
 from volgan.augment import AdaptiveP, DiffAugment3d
 from volgan.config import Config, save_config, surface_level
 from volgan.data.dataset import VolumeSet
 from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
 from volgan.ema import EMA
-from volgan.errors import CheckpointError, ConfigError, VolganError
+from volgan.errors import ConfigError, VolganError
 from volgan.losses import (
-    bce_discriminator_loss,
-    bce_generator_loss,
-    critic_loss,
-    discriminator_accuracy,
-    drift_penalty,
-    generator_loss,
-    gradient_penalty,
     label_targets,
-    mode_seeking_loss,
 )
-from volgan.models import Critic, DCGANDiscriminator, build_models
+from volgan.models import Critic, build_models
 from volgan.models.wgan_gp import count_parameters
 from volgan.rng import RunRNG
 from volgan.runlock import RunLock, check_unlocked
@@ -84,6 +74,34 @@ class TrainResult:
         from volgan.api import load
 
         return load(self.checkpoint or self.run_dir, **kwargs)
+
+
+class _Recorder:
+    """The loop's bookkeeping for logs: the log line's seconds per step, per-epoch means, and the
+    mean over ranks of the logged values (the same steps on every rank; rank 0 writes)."""
+
+    def __init__(self, trainer: Trainer, logger: RunLogger | None) -> None:
+        self.trainer, self.logger = trainer, logger
+        self.last_time, self.last_step = time.perf_counter(), trainer.step
+        self.epoch = trainer.stream.epoch
+        self.epoch_values: list[dict[str, float]] = []
+
+    def step(self, values: dict[str, float], log_now: bool) -> None:
+        tr = self.trainer
+        if log_now:
+            values = distributed.mean_values(values, tr.dist, tr.device)
+        self.epoch_values.append(values)
+        if self.logger is not None:
+            self.logger.advance()
+            if tr.stream.epoch != self.epoch:  # per-epoch means for TensorBoard
+                self.logger.epoch_scalars(self.epoch, self.epoch_values)
+            if log_now:
+                now = time.perf_counter()
+                values["sec_per_step"] = (now - self.last_time) / max(1, tr.step - self.last_step)
+                self.last_time, self.last_step = now, tr.step
+                self.logger.scalars(tr.step, values)
+        if tr.stream.epoch != self.epoch:
+            self.epoch, self.epoch_values = tr.stream.epoch, []
 
 
 class Trainer:
@@ -129,8 +147,8 @@ class Trainer:
             for net in (self.generator, self.discriminator):  # replaces the layers inside, before the optimisers exist
                 distributed.convert_sync_batchnorm(net, self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=t.lr_g, betas=t.betas)
-        self._d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
-        self.opt_d = torch.optim.Adam(self._d_params, lr=t.lr_d, betas=t.betas)
+        self.d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        self.opt_d = torch.optim.Adam(self.d_params, lr=t.lr_d, betas=t.betas)
         # Under torchrun both networks run inside DistributedDataParallel (gradients averaged over
         # ranks); the discriminator's entry points are called by name through its forward.
         # progressive growing: the level each step trains at (None: the full grid throughout)
@@ -140,7 +158,7 @@ class Trainer:
             if m.grow_from is not None
             else None
         )
-        self._native = {"native": True} if self.growth is not None else {}  # generator calls in training
+        self.native = {"native": True} if self.growth is not None else {}  # generator calls in training
         growing = self.growth is not None  # a coarse level leaves some layers unused: DDP must know
         self.g_call = distributed.wrap(self.generator, dist, self.device, find_unused=growing)
         self.d_call = distributed.wrap(
@@ -157,7 +175,7 @@ class Trainer:
         if dist.is_main:  # only rank 0 touches the run folder
             check_unlocked(self.run_dir)  # refuse early; fit() takes the lock itself
         if resume is not None:
-            self._restore(resume, resume_state)
+            ckpt.restore_training_state(self, resume, resume_state)
         elif dist.is_main and ckpt.list_checkpoints(self.run_dir):
             raise VolganError(
                 f"{self.run_dir}: run folder already holds checkpoints; "
@@ -167,30 +185,8 @@ class Trainer:
 
     # -- checkpoint round trip -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "config": self.cfg.to_dict(),
-            "num_classes": self.num_classes,
-            "class_names": list(self.data.class_names),
-            "intensity_range": [float(v) for v in self.data.intensity_range],
-            "spacing": float(self.data.spacing),
-            "affine": np.asarray(self.data.affine, dtype=np.float64).tolist(),
-            "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "ema": self.ema.ready(seed=self.cfg.seed).state_dict(),
-            "ema_updates": self.ema.updates,
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "rng": self.rng.state(),
-            "data_state": self.stream.state(),
-            "distributed": self.run_facts(),
-            "augment": self._augment_state(),
-        }
-
-    def _augment_state(self) -> dict[str, Any]:
-        if self.augment is None:
-            return {}
-        return {"p": self.augment.p, **(self.ada.state() if self.ada is not None else {})}
+        """Everything an exact resume needs (:func:`volgan.checkpoint.training_state`)."""
+        return ckpt.training_state(self)
 
     def run_facts(self) -> dict[str, Any]:
         """World size and batch split of this run (saved with every checkpoint and in the run folder)."""
@@ -201,39 +197,6 @@ class Trainer:
             "per_process_batch": b // self.dist.world_size,
             "lr_scaling": "none (train.batch_size is the global batch; the update does not depend on the world size)",
         }
-
-    def _restore(self, where: Path, state: dict[str, Any] | None = None) -> None:
-        path = ckpt.resolve_checkpoint(where)
-        if state is None:
-            state = ckpt.load_checkpoint(path, map_location=self.device)
-        ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
-        ckpt.check_compatible(state["config"], self.cfg, path)
-        if state["class_names"] != list(self.data.class_names) or state["num_classes"] != self.num_classes:
-            raise CheckpointError(
-                f"{path}: trained on classes {state['class_names']}, the data has {list(self.data.class_names)}"
-            )
-        try:
-            self.generator.load_state_dict(state["generator"])
-            self.discriminator.load_state_dict(state["discriminator"])
-            self.ema.module.load_state_dict(state["ema"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{path}: weights do not fit this model ({ckpt.describe_load_error(e)})") from None
-        augment_state = state.get("augment") or {}
-        if self.augment is not None and "p" in augment_state:  # a run without augmentation restarts it at p
-            self.augment.p = float(augment_state["p"])
-            if self.ada is not None and "total" in augment_state:
-                self.ada.load(augment_state)
-        self.ema.updates = int(state["ema_updates"])
-        self.ema.mark_calibrated()
-        self.step = int(state["step"])
-        self.stream = BatchStream(
-            len(self.data.labels), self.cfg.train.batch_size, self.cfg.seed, **state["data_state"]
-        )
-        self.rng.load(state["rng"])
-        self.last_checkpoint = path
-        log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> Path:
         bad = [n for n, p in self.generator.named_parameters() if not torch.isfinite(p).all()]
@@ -249,7 +212,7 @@ class Trainer:
         return path
 
     # -- one generator iteration -----------------------------------------------------------
-    def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the next global batch: volumes (b, 1, S, S, S), labels (b,)."""
         idx = np.sort(self.stream.next())[self.rows]
         x = torch.from_numpy(np.ascontiguousarray(self.data.volumes[idx], dtype=np.float32)).unsqueeze(1)
@@ -259,18 +222,18 @@ class Trainer:
             x = growth.real_at_level(x, *self.generator.growth())
         return perf.to_format(x, self.cfg.perf), y.to(self.device)
 
-    def _draw(self, fn: Any, *shape: int) -> torch.Tensor:
+    def draw(self, fn: Any, *shape: int) -> torch.Tensor:
         """``fn`` (torch.randn / torch.rand) for the whole global batch, then this rank's rows: every
         rank draws the same numbers, so N processes use what one process would."""
         return fn(self.cfg.train.batch_size, *shape, device=self.device)[self.rows]
 
-    def _amp(self) -> contextlib.AbstractContextManager[None]:
+    def amp(self) -> contextlib.AbstractContextManager[None]:
         """bf16 autocast for network passes on CUDA (perf.amp); a no-op in float32."""
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
 
-    def _check_finite(self, what: str, value: torch.Tensor) -> bool:
+    def check_finite(self, what: str, value: torch.Tensor) -> bool:
         # one decision for all ranks: a rank that skipped its backward would leave the others waiting
         if distributed.all_true(bool(torch.isfinite(value)), self.dist, self.device):
             return True
@@ -292,7 +255,7 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         d = self.discriminator
         self._set_growth()
-        values = self._critic_step(d) if isinstance(d, Critic) else self._dcgan_step(d)
+        values = updates.wgan_gp_step(self, d) if isinstance(d, Critic) else updates.dcgan_step(self, d)
         self.step += 1
         if self.augment is not None:
             if self.ada is not None and self.ada.due(self.step):
@@ -318,106 +281,11 @@ class Trainer:
             self.ema.restart()
             log.info("step %d: growing to %d³", self.step + 1, self.cfg.data.size // 2**level)
 
-    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
         """What the critic/discriminator sees of a batch: x augmented (augment.enabled), else x."""
-        return x if self.augment is None else self.augment(x, self._draw)
+        return x if self.augment is None else self.augment(x, self.draw)
 
-    def _critic_step(self, d: Critic) -> dict[str, float]:
-        """WGAN-GP: n_critic critic updates, then one generator update."""
-        t, g = self.cfg.train, self.generator
-        labels = None
-        for _ in range(t.n_critic):
-            real, labels = self._real_batch()
-            b = real.shape[0]
-            with torch.no_grad(), self._amp():
-                fake = g(self._draw(torch.randn, g.latent_dim), labels, **self._native)
-                fake = perf.to_format(fake.float(), self.cfg.perf)
-            # The critic sees augmented volumes only (augment.enabled); the penalty below is taken on
-            # interpolates of exactly these augmented reals and fakes, i.e. where the critic is used.
-            real, fake = self._aug(real), self._aug(fake)
-            # InstanceNorm is per-sample, so one pass over real+fake equals two separate passes.
-            with self._amp():
-                both = perf.to_format(torch.cat([real, fake]), self.cfg.perf)
-                scores, logits = self.d_call("score_and_logits", both, torch.cat([labels, labels]))
-            scores = scores.float()
-            real_scores, fake_scores = scores[:b], scores[b:]
-            alpha = self._draw(torch.rand)
-            # The penalty's pass runs in float32 even under AMP: it differentiates the critic twice
-            # and its target (a gradient norm of 1) is a precision-sensitive quantity.
-            gp = gradient_penalty(functools.partial(self.d_call, "forward", labels=labels), real, fake, alpha)
-            w_loss = critic_loss(real_scores, fake_scores)
-            loss_d = w_loss + t.gp_weight * gp + t.drift_weight * drift_penalty(real_scores)
-            if logits is not None:  # auxiliary classifier learns the classes from real volumes only
-                loss_d = loss_d + self.cfg.model.ac_weight * F.cross_entropy(logits[:b].float(), labels)
-            if self.ada is not None:  # overfitting signal: reals scored above the fake they are paired with
-                self.ada.observe(torch.sign(real_scores.detach() - fake_scores.detach()))
-            self.opt_d.zero_grad(set_to_none=True)
-            if self._check_finite("critic loss", loss_d.detach()):
-                # inputs=: only the critic's weights; the penalty's graph also reaches the interpolated
-                # volumes, whose (unused) second-order gradient would cost ~10% of the step.
-                loss_d.backward(inputs=self._d_params)
-                self.opt_d.step()
-        assert labels is not None
-        z = self._draw(torch.randn, g.latent_dim)
-        labels = self._paired(labels)
-        d.requires_grad_(False)  # the generator step needs gradients through the critic, not for it
-        with self._amp():  # the critic is called directly: its frozen weights need no synchronising
-            generated = self.g_call(z, labels, **self._native)
-            fake = perf.to_format(self._aug(generated), self.cfg.perf)
-            fake_scores, logits = d.score_and_logits(fake, labels)
-        d.requires_grad_(True)
-        loss_g = generator_loss(fake_scores.float())
-        if t.mode_seeking:
-            loss_g = loss_g + t.mode_seeking * mode_seeking_loss(generated, z)
-        if logits is not None:
-            loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(logits.float(), labels)
-        self._generator_update(loss_g)
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "gp": gp.item(), "w_dist": -w_loss.item()}
-
-    def _dcgan_step(self, d: DCGANDiscriminator) -> dict[str, float]:
-        """3D-GAN: one discriminator update (only while its accuracy is <= the gate), one generator update."""
-        t, g = self.cfg.train, self.generator
-        real, labels = self._real_batch()
-        real = (real + 1) / 2  # the data's [-1, 1] -> the sigmoid's [0, 1]
-        sigma = self._instance_noise()
-        z, fake_labels = self._draw(torch.randn, g.latent_dim), self._paired(labels)
-        with self._amp():
-            fake = self.g_call(z, fake_labels)
-            real_logits, real_classes = self.d_call("logits_and_classes", self._aug(self._noisy(real, sigma)), labels)
-            fake_logits = self.d_call("logits", self._aug(self._noisy(fake.detach(), sigma)), fake_labels)
-        if self.ada is not None:  # ADA's overfitting signal: the sign of D on reals
-            self.ada.observe(torch.sign(real_logits.detach().float()))
-        targets = {k: self._targets(k) for k in (True, False)}
-        loss_d = bce_discriminator_loss(real_logits, fake_logits, targets[True], targets[False])
-        if real_classes is not None:  # the auxiliary classifier learns the classes from real volumes
-            loss_d = loss_d + self.cfg.model.ac_weight * F.cross_entropy(real_classes.float(), labels)
-        accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
-        accuracy = torch.tensor(distributed.mean(float(accuracy), self.dist, self.device))  # the global batch's
-        update_d = float(accuracy) <= t.d_acc_threshold  # the 3D-GAN gate: let G catch up
-        self.opt_d.zero_grad(set_to_none=True)
-        if update_d and self._check_finite("discriminator loss", loss_d.detach()):
-            loss_d.backward()
-            self.opt_d.step()
-        d.requires_grad_(False)
-        with self._amp():  # called directly: the frozen discriminator's weights need no synchronising
-            fake_scores, fake_classes = d.logits_and_classes(self._aug(self._noisy(fake, sigma)), fake_labels)
-        loss_g = bce_generator_loss(fake_scores)
-        if fake_classes is not None:  # ... and asks the generator for volumes of the requested class
-            loss_g = loss_g + self.cfg.model.ac_weight * F.cross_entropy(fake_classes.float(), fake_labels)
-        if t.mode_seeking:
-            loss_g = loss_g + t.mode_seeking * mode_seeking_loss(fake, z)
-        d.requires_grad_(True)
-        self._generator_update(loss_g)
-        return {
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "d_acc": float(accuracy),
-            "d_real": torch.sigmoid(real_logits).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits).mean().item(),
-            "d_updated": float(update_d),
-        }
-
-    def _paired(self, labels: torch.Tensor) -> torch.Tensor:
+    def paired(self, labels: torch.Tensor) -> torch.Tensor:
         """With train.mode_seeking, the generator's batch is adjacent pairs of one class (the first
         label of each pair; pairs never straddle two processes; an odd last volume keeps its label);
         else ``labels`` unchanged."""
@@ -427,7 +295,7 @@ class Trainer:
         paired = labels[:n].view(-1, 2)[:, :1].expand(-1, 2).reshape(-1)
         return torch.cat([paired, labels[n:]])
 
-    def _targets(self, real: bool) -> torch.Tensor:
+    def targets(self, real: bool) -> torch.Tensor:
         """This rank's rows of the global batch's (soft, noisy, flipped) discriminator targets."""
         t = self.cfg.train
         targets = label_targets(
@@ -435,11 +303,11 @@ class Trainer:
         )
         return targets[self.rows]
 
-    def _noisy(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def noisy(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """x plus Gaussian instance noise of std ``sigma`` (drawn for the global batch, like every draw)."""
-        return x + sigma * self._draw(torch.randn, *x.shape[1:]).to(x.dtype) if sigma > 0 else x
+        return x + sigma * self.draw(torch.randn, *x.shape[1:]).to(x.dtype) if sigma > 0 else x
 
-    def _instance_noise(self) -> float:
+    def instance_noise(self) -> float:
         """Std of the noise on the discriminator's inputs at this step (Sønderby et al. 2016): real
         occupancy grids are exactly binary, so without it D wins on "softness" alone."""
         t = self.cfg.train
@@ -447,9 +315,9 @@ class Trainer:
             return t.instance_noise
         return t.instance_noise * max(0.0, 1.0 - self.step / t.instance_noise_steps)
 
-    def _generator_update(self, loss_g: torch.Tensor) -> None:
+    def generator_update(self, loss_g: torch.Tensor) -> None:
         self.opt_g.zero_grad(set_to_none=True)
-        if self._check_finite("generator loss", loss_g.detach()):
+        if self.check_finite("generator loss", loss_g.detach()):
             loss_g.backward()
             self.opt_g.step()
             self.ema.update(self.generator)
@@ -523,10 +391,10 @@ class Trainer:
         with self.process_settings():
             return self._fit_loop(stop_after)
 
-    def _fit_loop(self, stop_after: int | None) -> TrainResult:
-        cfg, every, main = self.cfg, self.cfg.log, self.dist.is_main
-        self._stop_signal = None  # a signal that stopped an earlier fit() does not stop this one
-        if main:
+    def _start_run(self) -> None:
+        """The run folder's config, class map and process facts (rank 0); the run's summary in the log."""
+        cfg = self.cfg
+        if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml", facts=self.run_facts())
             (self.run_dir / "class_to_idx.json").write_text(json.dumps(self.data.class_to_idx, indent=2))
             (self.run_dir / "distributed.json").write_text(json.dumps(self.run_facts(), indent=2))
@@ -545,38 +413,34 @@ class Trainer:
             count_parameters(self.generator) / 1e6,
             count_parameters(self.discriminator) / 1e6,
         )
+
+    def _fit_loop(self, stop_after: int | None) -> TrainResult:
+        cfg, every, main = self.cfg, self.cfg.log, self.dist.is_main
+        self._stop_signal = None  # a signal that stopped an earlier fit() does not stop this one
+        self._start_run()
         target = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
         logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar) if main else None
         old_handlers = self._install_signal_handlers()
-        start, last_log, saved_at = time.perf_counter(), time.perf_counter(), self.step
-        log_start_step, epoch, epoch_values = self.step, self.stream.epoch, []
+        start, saved_at = time.perf_counter(), self.step
+        record = _Recorder(self, logger)
         try:
             while self.step < target:
+                # 1. n_critic critic updates (WGAN-GP) or one discriminator update (3D-GAN), then one
+                #    generator update and the EMA update: volgan.updates
                 values = self.train_step()
+                # 2. out of time, or signalled? every rank decides the same at the same step
                 over_budget = bool(cfg.train.max_minutes and time.perf_counter() - start > 60 * cfg.train.max_minutes)
-                # every rank stops at the same step, whichever rank got the signal or ran out of time
                 stop = distributed.any_true(over_budget or self._stop_signal is not None, self.dist, self.device)
-                # the last step is always logged, so stats.jsonl (and losses.png) hold where the run stopped
-                log_now = self.step % every.every == 0 or self.step == target or stop
-                if log_now:  # the same steps on every rank
-                    values = distributed.mean_values(values, self.dist, self.device)
-                epoch_values.append(values)
-                if logger is not None:
-                    logger.advance()
-                    if self.stream.epoch != epoch:  # per-epoch means for TensorBoard
-                        logger.epoch_scalars(epoch, epoch_values)
-                    if log_now:
-                        now = time.perf_counter()
-                        values["sec_per_step"] = (now - last_log) / max(1, self.step - log_start_step)
-                        last_log, log_start_step = now, self.step
-                        logger.scalars(self.step, values)
+                # 3. log line, stats.jsonl, TensorBoard (the last step is always logged)
+                record.step(values, log_now=self.step % every.every == 0 or self.step == target or stop)
+                if logger is not None:  # rank 0
+                    # 4. preview images of the EMA generator
                     if self.step % every.image_every == 0:
                         log_preview_images(logger, self.preview(), self.step, self.surface_level)
+                    # 5. checkpoint
                     if self.step % every.checkpoint_every == 0:
                         self.save()
                         saved_at = self.step
-                if self.stream.epoch != epoch:
-                    epoch, epoch_values = self.stream.epoch, []
                 if stop:
                     if over_budget:
                         log.info("time budget of %.1f min reached at step %d", cfg.train.max_minutes, self.step)
