@@ -1,9 +1,9 @@
-"""The training loop shared by both families, their update steps, and the checkpoint round trip.
+"""The training loop shared by both families: :class:`Trainer` sets a run up and ``fit`` runs it.
 
-``model.family: wgan_gp`` runs ``n_critic`` critic updates (Wasserstein loss + gradient penalty)
-per generator update; ``dcgan`` alternates one discriminator update (binary cross-entropy, skipped
-while the discriminator's batch accuracy is above ``train.d_acc_threshold``) and one generator
-update. Everything else (data order, EMA, logging, checkpoints, signals) is the same code.
+What one iteration does per family (``n_critic`` critic updates then a generator update, or the
+3D-GAN's gated discriminator update then a generator update) is in :mod:`volgan.updates`; how a
+run is written to and read back from a checkpoint is in :mod:`volgan.checkpoint`. Everything else
+(data order, progressive growing's level, EMA, logging, checkpoints, signals) is the same code.
 """
 
 from __future__ import annotations
