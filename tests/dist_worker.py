@@ -28,7 +28,16 @@ from volgan.training import Trainer
 FAMILIES = {
     "wgan_gp": {"model": {"ngf": 4, "ndf": 4, "latent_dim": 8, "embed_dim": 4}, "train": {"n_critic": 2}},
     "dcgan": {
-        "model": {"family": "dcgan", "ngf": 4, "ndf": 4, "latent_dim": 8, "embed_dim": 4, "ac_weight": 1.0},
+        # minibatch_std off: its groups are formed within each process's share (README, torchrun)
+        "model": {
+            "family": "dcgan",
+            "ngf": 4,
+            "ndf": 4,
+            "latent_dim": 8,
+            "embed_dim": 4,
+            "ac_weight": 1.0,
+            "minibatch_std": False,
+        },
         "train": {"d_acc_threshold": 1.0, "instance_noise": 0.1, "label_noise": 0.05},
     },
 }
