@@ -320,11 +320,10 @@ class Config(_Section):
             return
         if m.family != "wgan_gp":
             raise ValueError("model.grow_from: progressive growing is only for family wgan_gp")
-        n_stages = grid_stages(size)[1]
-        grids = [size // 2**k for k in range(1, n_stages)]
+        grids = grow_grids(size)
         if m.grow_from not in grids:
             raise ValueError(
-                f"model.grow_from: {m.grow_from} is not data.size {size} halved 1..{n_stages - 1} times "
+                f"model.grow_from: {m.grow_from} is not data.size {size} halved 1..{len(grids)} times "
                 f"(one of {', '.join(map(str, grids))})"
             )
         levels = grids.index(m.grow_from) + 1
@@ -344,6 +343,12 @@ class Config(_Section):
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def grow_grids(size: int) -> list[int]:
+    """The grids progressive growing can start from, fine to coarse: ``size`` halved once, twice, ...
+    while the generator still has a stage below (e.g. 64 -> [32, 16, 8])."""
+    return [size // 2**k for k in range(1, grid_stages(size)[1])]
 
 
 def surface_level(threshold: float) -> float:

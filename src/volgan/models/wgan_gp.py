@@ -12,8 +12,8 @@ import itertools
 import torch
 from torch import nn
 
-from volgan.config import grid_stages
-from volgan.growth import Growing, downsample, grow_levels, upsample
+from volgan.config import grid_stages, grow_grids
+from volgan.growth import Growing, downsample, upsample
 from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelConvTranspose3d, class_embedding
 
 
@@ -153,11 +153,12 @@ class Generator(Growing):
 def _check_growth(size: int, grow_from: int | None) -> int:
     """Levels below ``size`` down to ``grow_from`` (0 without growing); ValueError for a grid the
     stages cannot reach by halving (the config check names the key first)."""
-    base, n_stages = grid_stages(size)
-    levels = grow_levels(size, grow_from)
-    if grow_from is not None and (grow_from * 2**levels != size or not 1 <= levels <= n_stages - 1):
-        raise ValueError(f"grow_from {grow_from}: use {size} / 2**k with k in 1..{n_stages - 1} (>= {2 * base})")
-    return levels
+    if grow_from is None:
+        return 0
+    grids = grow_grids(size)
+    if grow_from not in grids:
+        raise ValueError(f"grow_from {grow_from}: use one of {grids}")
+    return grids.index(grow_from) + 1
 
 
 def group_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
