@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --size 64 --batch 4 --ablation      # each perf.* switch off in turn
     python benchmarks/train_step.py --device cuda --batch 16           # on a GPU (adds MFU)
     python benchmarks/train_step.py --end-to-end 12                    # + a real `volgan train` loop
+    python benchmarks/train_step.py --variant lazy5:gp_every=5 --yardstick none   # train.* variants
 
 ``--end-to-end N`` also runs ``volgan train`` for N generator steps on cached phantom class folders
 (same size, batch, classes, n_critic and widths; default logging, log line every step) and compares
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import Contender, add_contender_args, load_yardstick, machine_line, race, start_contenders, table
+from _harness import Contender, Worker, add_contender_args, load_yardstick, machine_line, race, start_contenders, table
 
 
 def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, path: str) -> Contender:
@@ -46,7 +47,15 @@ def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, p
     return Contender(round_, batch * n_critic, dev)
 
 
-def volgan(size: int, batch: int, classes: int, n_critic: int, device: str, perf: dict[str, Any]) -> Contender:
+def volgan(
+    size: int,
+    batch: int,
+    classes: int,
+    n_critic: int,
+    device: str,
+    perf: dict[str, Any],
+    train: dict[str, Any] | None = None,
+) -> Contender:
     import numpy as np
 
     from volgan import perf as volgan_perf
@@ -64,7 +73,7 @@ def volgan(size: int, batch: int, classes: int, n_critic: int, device: str, perf
             "device": dev.type,
             "run_dir": str(run_dir),
             "data": {"size": size},
-            "train": {"batch_size": batch, "n_critic": n_critic},
+            "train": {"batch_size": batch, "n_critic": n_critic, **(train or {})},
             "log": {"progress_bar": False},
             "perf": perf,
         },
@@ -136,10 +145,21 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra round each)")
     ap.add_argument("--end-to-end", type=int, default=0, metavar="N", help="also time N steps of `volgan train`")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:key=value,...",
+        help="another volgan contender with these train.* values (e.g. lazy5:gp_every=5); repeatable",
+    )
     add_contender_args(ap)
     a = ap.parse_args()
     shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "n_critic": a.n_critic, "device": a.device}
     workers = start_contenders("train_step", a, **shape)
+    for spec in a.variant:
+        name, _, pairs = spec.partition(":")
+        values = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        workers.append(Worker(f"volgan, {name}", "train_step:volgan", **shape, perf={}, train=values))
     race(workers, a.rounds, count_flops=not a.no_flops)
 
     print(f"critic step (+ 1 generator step per {a.n_critic}), {a.size}³, batch {a.batch}, {a.classes} classes")

@@ -226,3 +226,62 @@ def test_wgan_gp_defaults_to_mode_seeking_and_an_older_checkpoint_resumes_withou
     assert config_from_checkpoint(state, newest).train.mode_seeking == 1.0
     del state["config"]["train"]["mode_seeking"]
     assert config_from_checkpoint(state, newest).train.mode_seeking == 0.0
+    state["config"]["train"]["gp_every"] = 2
+    assert config_from_checkpoint(state, newest).train.gp_every == 2
+    del state["config"]["train"]["gp_every"]  # a run from before lazy regularisation: every step
+    assert config_from_checkpoint(state, newest).train.gp_every == 1
+
+
+def test_lazy_penalty_runs_on_every_kth_critic_step_weighted_k(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from volgan import updates
+
+    calls: list[int] = []
+    real_penalty = updates.gradient_penalty
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(trainer.step)
+        return real_penalty(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(updates, "gradient_penalty", counted)
+    trainer = Trainer(tiny_config(tmp_path / "lazy", train={"n_critic": 3, "gp_every": 2}), tiny_data())
+    for _ in range(4):
+        assert np.isfinite(trainer.train_step()["gp"])
+    # critic steps 0..11 of the run; the penalty on 0, 2, 4, 6, 8, 10 -> generator steps 0, 0, 1, 2, 2, 3
+    assert calls == [0, 0, 1, 2, 2, 3]
+    with pytest.raises(VolganError, match=r"train\.gp_every: 4 is more than train\.n_critic \(3\)"):
+        tiny_config(tmp_path / "bad", train={"n_critic": 3, "gp_every": 4})
+
+
+def test_lazy_penalty_is_weighted_k_and_resumes_on_schedule(tmp_path: Path) -> None:
+    """The first critic step with gp_every=2 takes 2·λ·GP: the same update as one with gp_weight=2·λ;
+    a run stopped mid-schedule (3 critic steps per generator step) resumes exactly."""
+    data = tiny_data()
+
+    def first_critic_update(train: dict[str, float]) -> list[torch.Tensor]:
+        tr = Trainer(tiny_config(tmp_path / str(len(list(tmp_path.iterdir()))), train=train), data)
+        snapshots: list[list[torch.Tensor]] = []
+        step = tr.opt_d.step
+
+        def recorded(*args: object, **kwargs: object) -> object:
+            out = step(*args, **kwargs)
+            snapshots.append([p.detach().clone() for p in tr.discriminator.parameters()])
+            return out
+
+        tr.opt_d.step = recorded  # type: ignore[method-assign]
+        tr.train_step()
+        return snapshots[0]
+
+    lazy = first_critic_update({"n_critic": 2, "gp_every": 2})
+    heavy = first_critic_update({"n_critic": 1, "gp_weight": 20.0})
+    plain = first_critic_update({"n_critic": 1})
+    for a, b in zip(lazy, heavy, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # same terms, another summation order
+    assert any(not torch.allclose(a, b) for a, b in zip(lazy, plain, strict=True))
+
+    train = {"n_critic": 3, "gp_every": 2, "steps": 3}
+    straight = Trainer(tiny_config(tmp_path / "straight", train=train), data)
+    straight.fit()
+    Trainer(tiny_config(tmp_path / "split", train=train), data).fit(stop_after=1)
+    resumed = Trainer(tiny_config(tmp_path / "split", train=train), data, resume=tmp_path / "split")
+    resumed.fit()
+    assert_same_weights(straight, resumed)

@@ -329,12 +329,17 @@ def saved_config(state: dict[str, Any]) -> dict[str, Any]:
     """The config mapping a checkpoint was written with, as it trained.
 
     Keys added after a checkpoint was written take the value that reproduces how it was trained,
-    not today's default: a run from before ``train.mode_seeking`` existed resumes without it."""
+    not today's default: a run from before ``train.mode_seeking`` existed resumes without it, one from
+    before ``train.gp_every`` with the penalty on every critic step."""
     saved = dict(state["config"])
     train = saved.get("train")
-    if isinstance(train, dict) and "mode_seeking" not in train:
-        saved["train"] = {**train, "mode_seeking": 0.0}
+    if isinstance(train, dict):
+        saved["train"] = {**_TRAIN_KEYS_ADDED_LATER, **train}
     return saved
+
+
+# train keys newer than some checkpoints, with the value every run before them trained with
+_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "gp_every": 1}
 
 
 def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:

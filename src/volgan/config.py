@@ -149,6 +149,8 @@ class TrainConfig(_Section):
     batch_size: int = Field(4, ge=1)
     n_critic: int = Field(5, ge=1)
     gp_weight: float = Field(10.0, ge=0)
+    # lazy regularisation (Karras et al. 2020): the penalty on every k-th critic step, weighted k
+    gp_every: int = Field(1, ge=1)
     drift_weight: float = Field(0.001, ge=0)
     lr_g: float = Field(1e-4, gt=0)
     lr_d: float = Field(1e-4, gt=0)
@@ -310,6 +312,11 @@ class Config(_Section):
             raise ValueError(
                 "model.mapping_layers: only for family wgan_gp (its instance norms take the style; the 3D-GAN "
                 "generator uses BatchNorm)"
+            )
+        if self.train.gp_every > self.train.n_critic:
+            raise ValueError(
+                f"train.gp_every: {self.train.gp_every} is more than train.n_critic ({self.train.n_critic}); "
+                "every generator step must follow at least one penalised critic step"
             )
         self._check_growth()
         return self

@@ -36,7 +36,8 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
     """WGAN-GP: n_critic critic updates, then one generator update."""
     t, g = tr.cfg.train, tr.generator
     labels = None
-    for _ in range(t.n_critic):
+    penalties = []
+    for i in range(t.n_critic):
         real, labels = tr.real_batch()
         b = real.shape[0]
         with torch.no_grad(), tr.amp():
@@ -51,12 +52,17 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
             scores, logits = tr.d_call("score_and_logits", both, torch.cat([labels, labels]))
         scores = scores.float()
         real_scores, fake_scores = scores[:b], scores[b:]
-        alpha = tr.draw(torch.rand)
-        # The penalty's pass runs in float32 even under AMP: it differentiates the critic twice
-        # and its target (a gradient norm of 1) is a precision-sensitive quantity.
-        gp = gradient_penalty(functools.partial(tr.d_call, "forward", labels=labels), real, fake, alpha)
         w_loss = critic_loss(real_scores, fake_scores)
-        loss_d = w_loss + t.gp_weight * gp + t.drift_weight * drift_penalty(real_scores)
+        loss_d = w_loss + t.drift_weight * drift_penalty(real_scores)
+        # Lazy regularisation: the penalty on every gp_every-th critic step of the run (counted
+        # across generator steps, so resuming keeps the schedule), weighted gp_every.
+        if (tr.step * t.n_critic + i) % t.gp_every == 0:
+            alpha = tr.draw(torch.rand)
+            # The penalty's pass runs in float32 even under AMP: it differentiates the critic twice
+            # and its target (a gradient norm of 1) is a precision-sensitive quantity.
+            gp = gradient_penalty(functools.partial(tr.d_call, "forward", labels=labels), real, fake, alpha)
+            loss_d = loss_d + t.gp_every * t.gp_weight * gp
+            penalties.append(gp.detach())
         if logits is not None:  # auxiliary classifier learns the classes from real volumes only
             loss_d = loss_d + tr.cfg.model.ac_weight * F.cross_entropy(logits[:b].float(), labels)
         if tr.ada is not None:  # overfitting signal: reals scored above the fake they are paired with
@@ -82,6 +88,7 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
     if logits is not None:
         loss_g = loss_g + tr.cfg.model.ac_weight * F.cross_entropy(logits.float(), labels)
     tr.generator_update(loss_g)
+    gp = torch.stack(penalties).mean()  # gp_every <= n_critic (config check): never empty
     return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "gp": gp.item(), "w_dist": -w_loss.item()}
 
 
