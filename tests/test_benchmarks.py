@@ -34,8 +34,10 @@ def rows(out: str) -> dict[str, list[str]]:
 
 def test_train_step_benchmark_prints_a_table_with_ablation() -> None:
     args = ("--size", "16", "--batch", "2", "--n-critic", "2", "--rounds", "1", "--ablation", "--end-to-end", "4")
+    args += ("--variant", "every step:gp_every=1")
     table = rows(out := run("train_step.py", *args, *YARDSTICK_ARGS))
-    assert {BASELINE, "volgan", "volgan, all perf off", "volgan, fused_norm=off"} <= set(table), out
+    named = {BASELINE, "volgan", "volgan, all perf off", "volgan, fused_norm=off", "volgan, every step"}
+    assert named <= set(table), out
     assert table[BASELINE][-1] == "1.00x"
     gflops = float(table["volgan"][2])
     assert gflops > 0  # the FLOP counter saw the convolutions, double backward included

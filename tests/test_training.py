@@ -250,6 +250,13 @@ def test_lazy_penalty_runs_on_every_kth_critic_step_weighted_k(tmp_path: Path, m
     assert calls == [0, 0, 1, 2, 2, 3]
     with pytest.raises(VolganError, match=r"train\.gp_every: 4 is more than train\.n_critic \(3\)"):
         tiny_config(tmp_path / "bad", train={"n_critic": 3, "gp_every": 4})
+    # the default (null): once per generator step, on its first critic step
+    calls.clear()
+    trainer = Trainer(tiny_config(tmp_path / "default", train={"n_critic": 3}), tiny_data())
+    assert trainer.cfg.train.gp_every is None
+    for _ in range(3):
+        trainer.train_step()
+    assert calls == [0, 1, 2]
 
 
 def test_lazy_penalty_is_weighted_k_and_resumes_on_schedule(tmp_path: Path) -> None:

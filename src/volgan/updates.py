@@ -1,10 +1,12 @@
 """One iteration of each family: what happens between two generator steps, beside the losses it uses.
 
-``wgan_gp_step``: ``n_critic`` critic updates (Wasserstein loss, gradient penalty, drift), then one
-generator update. ``dcgan_step``: one discriminator update (binary cross-entropy; skipped while the
-discriminator's batch accuracy is above ``train.d_acc_threshold``, the 3D-GAN gate), then one
-generator update. Both take the :class:`~volgan.training.Trainer` for its networks, optimisers and
-random draws; the generator update ends with the EMA update (``Trainer.generator_update``).
+``wgan_gp_step``: ``n_critic`` critic updates (Wasserstein loss, drift, and on every
+``train.gp_every``-th of them the gradient penalty, weighted ``gp_every``; by default on the first
+of each generator step's critic steps), then one generator update. ``dcgan_step``: one
+discriminator update (binary cross-entropy; skipped while the discriminator's batch accuracy is
+above ``train.d_acc_threshold``, the 3D-GAN gate), then one generator update. Both take the
+:class:`~volgan.training.Trainer` for its networks, optimisers and random draws; the generator
+update ends with the EMA update (``Trainer.generator_update``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
     t, g = tr.cfg.train, tr.generator
     labels = None
     penalties = []
+    every = t.gp_every or t.n_critic
     for i in range(t.n_critic):
         real, labels = tr.real_batch()
         b = real.shape[0]
@@ -56,12 +59,12 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
         loss_d = w_loss + t.drift_weight * drift_penalty(real_scores)
         # Lazy regularisation: the penalty on every gp_every-th critic step of the run (counted
         # across generator steps, so resuming keeps the schedule), weighted gp_every.
-        if (tr.step * t.n_critic + i) % t.gp_every == 0:
+        if (tr.step * t.n_critic + i) % every == 0:
             alpha = tr.draw(torch.rand)
             # The penalty's pass runs in float32 even under AMP: it differentiates the critic twice
             # and its target (a gradient norm of 1) is a precision-sensitive quantity.
             gp = gradient_penalty(functools.partial(tr.d_call, "forward", labels=labels), real, fake, alpha)
-            loss_d = loss_d + t.gp_every * t.gp_weight * gp
+            loss_d = loss_d + every * t.gp_weight * gp
             penalties.append(gp.detach())
         if logits is not None:  # auxiliary classifier learns the classes from real volumes only
             loss_d = loss_d + tr.cfg.model.ac_weight * F.cross_entropy(logits[:b].float(), labels)
