@@ -264,8 +264,8 @@ def test_lazy_penalty_is_weighted_k_and_resumes_on_schedule(tmp_path: Path) -> N
     a run stopped mid-schedule (3 critic steps per generator step) resumes exactly."""
     data = tiny_data()
 
-    def first_critic_update(train: dict[str, float]) -> list[torch.Tensor]:
-        tr = Trainer(tiny_config(tmp_path / str(len(list(tmp_path.iterdir()))), train=train), data)
+    def first_critic_update(name: str, train: dict[str, float]) -> list[torch.Tensor]:
+        tr = Trainer(tiny_config(tmp_path / name, train=train), data)
         snapshots: list[list[torch.Tensor]] = []
         step = tr.opt_d.step
 
@@ -278,9 +278,9 @@ def test_lazy_penalty_is_weighted_k_and_resumes_on_schedule(tmp_path: Path) -> N
         tr.train_step()
         return snapshots[0]
 
-    lazy = first_critic_update({"n_critic": 2, "gp_every": 2})
-    heavy = first_critic_update({"n_critic": 1, "gp_weight": 20.0})
-    plain = first_critic_update({"n_critic": 1})
+    lazy = first_critic_update("lazy", {"n_critic": 2, "gp_every": 2})
+    heavy = first_critic_update("heavy", {"n_critic": 1, "gp_weight": 20.0})
+    plain = first_critic_update("plain", {"n_critic": 1})
     for a, b in zip(lazy, heavy, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # same terms, another summation order
     assert any(not torch.allclose(a, b) for a, b in zip(lazy, plain, strict=True))

@@ -325,6 +325,10 @@ def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
                 )
 
 
+# train keys newer than some checkpoints, with the value every run before them trained with
+_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "gp_every": 1}
+
+
 def saved_config(state: dict[str, Any]) -> dict[str, Any]:
     """The config mapping a checkpoint was written with, as it trained.
 
@@ -336,10 +340,6 @@ def saved_config(state: dict[str, Any]) -> dict[str, Any]:
     if isinstance(train, dict):
         saved["train"] = {**_TRAIN_KEYS_ADDED_LATER, **train}
     return saved
-
-
-# train keys newer than some checkpoints, with the value every run before them trained with
-_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "gp_every": 1}
 
 
 def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
