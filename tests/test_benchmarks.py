@@ -70,6 +70,7 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
     import math
 
     args = ("--data", "phantom64", "--size", "16", "--minutes", "0.1", "--points", "2", "--n", "8", "--draws", "2")
+    args += ("--splits", "2")
     tiny = ("model.ngf=4", "model.ndf=4", "model.latent_dim=8", "model.embed_dim=4", "train.batch_size=2")
     args += ("--judge-epochs", "1", "--phantom-train", "8", "--phantom-held-out", "8", "--out", str(tmp_path))
     args += tuple(x for s in tiny for x in ("--set", s)) + YARDSTICK_ARGS
@@ -83,6 +84,12 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
             for key in ("minutes", "fd", "fd_ref", "recall", "coverage", "ms_ssim", "cond_acc", "diversity"):
                 assert math.isfinite(p[key]), (name, key, p)
         assert c["points"][0]["steps"] <= c["points"][1]["steps"]
+        for p in c["points"]:  # the mean over two real-vs-real splits, each split's reference kept
+            assert p["fd_ref_min"] <= p["fd_ref"] <= p["fd_ref_max"], (name, p)
+    spread = result["reference_spread"]
+    assert spread["n_splits"] == 20 and spread["min"] <= spread["median"] <= spread["max"], spread
+    assert result["settings"]["splits"] == 2
+    assert "over 20 half splits" in out and "the mean of splits 0-1" in out, out
     assert result["machine"] and result["threads"] >= 1
     assert (tmp_path / "time_to_quality.png").stat().st_size > 0
     assert "FD/ref" in out
