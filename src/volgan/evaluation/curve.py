@@ -107,7 +107,10 @@ def curve_metrics(
     """
     if n_splits < 1:
         raise ValueError(f"n_splits must be >= 1, got {n_splits}")
-    rows = [_one_split(judge, judge_meta, real, synthetic, seed + r, n_draws, n_pairs, device) for r in range(n_splits)]
+    rows = []
+    for r in range(n_splits):
+        settings = EvalSettings(seed=seed + r, n_draws=n_draws, n_pairs=n_pairs, tstr=False, audit=False, device=device)
+        rows.append(_one_split(judge, judge_meta, real, synthetic, settings))
     if n_splits == 1:
         return rows[0]
     out: dict[str, float | None] = {}
@@ -123,16 +126,8 @@ def curve_metrics(
 
 
 def _one_split(
-    judge: VolumeClassifier,
-    judge_meta: dict[str, Any],
-    real: Labelled,
-    synthetic: Labelled,
-    seed: int,
-    n_draws: int,
-    n_pairs: int,
-    device: str | torch.device,
+    judge: VolumeClassifier, judge_meta: dict[str, Any], real: Labelled, synthetic: Labelled, settings: EvalSettings
 ) -> dict[str, float | None]:
-    settings = EvalSettings(seed=seed, n_draws=n_draws, n_pairs=n_pairs, tstr=False, audit=False, device=device)
     m = evaluate(real, synthetic, judge, judge_meta, settings).metrics
     overall = m["distribution"].get(OVERALL, {"synthetic": {}, "reference": {}})
     out: dict[str, float | None] = {}
@@ -145,6 +140,6 @@ def _one_split(
         out[flat] = m[section][OVERALL]["synthetic"]
         out[f"{flat}_real"] = m[section][OVERALL]["real"]
     aligned = align_classes(real, synthetic)
-    out["diversity"] = correlation_diversity(aligned.volumes, aligned.labels, n_pairs, seed)
-    out["diversity_real"] = correlation_diversity(real.volumes, real.labels, n_pairs, seed)
+    out["diversity"] = correlation_diversity(aligned.volumes, aligned.labels, settings.n_pairs, settings.seed)
+    out["diversity_real"] = correlation_diversity(real.volumes, real.labels, settings.n_pairs, settings.seed)
     return out
