@@ -40,6 +40,9 @@ def test_several_splits_average_each_metric_and_take_the_ratio_of_the_means(setu
     refs = [p["fd_ref"] for p in one]
     assert mean["fd_ref_min"] == min(refs) and mean["fd_ref_max"] == max(refs)
     assert len(set(refs)) == 3, "three seeds should draw three different splits"
+    spread = reference_spread(judge, real, n_splits=3, seed=3)  # the same three splits, the same references
+    assert spread["min"] == pytest.approx(min(refs), rel=1e-5) and spread["max"] == pytest.approx(max(refs), rel=1e-5)
+    assert spread["median"] == pytest.approx(float(np.median(refs)), rel=1e-5)
     assert "fd_ref_min" not in one[0]  # one split: the flat point of before, nothing added
 
 
