@@ -54,3 +54,16 @@ def test_averaged_module_is_a_frozen_copy() -> None:
     ema = EMA(live, decay=0.9)
     assert ema.module is not live and not ema.module.training
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_warmup_sets_the_horizon_and_a_bad_one_is_refused() -> None:
+    live = _One()
+    ema = EMA(live, decay=0.999, warmup=4.0)
+    with torch.no_grad():
+        live.w.fill_(1.0)
+    ema.update(live)  # decay (1 + 1) / (4 + 1) = 0.4
+    assert ema.module.w.item() == pytest.approx(0.6, rel=1e-12)
+    ema.update(live)  # decay 3/6 = 0.5
+    assert ema.module.w.item() == pytest.approx(0.5 * 0.6 + 0.5, rel=1e-12)
+    with pytest.raises(ValueError, match="warmup must be > 1"):
+        EMA(live, decay=0.9, warmup=1.0)

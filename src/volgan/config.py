@@ -160,6 +160,12 @@ class TrainConfig(_Section):
     lr_d: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.0, 0.9)
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    # the EMA's warm-up: after u updates its decay is min(ema_decay, (1 + u) / (ema_warmup + u)), an
+    # average over about the last 1 / (ema_warmup - 1) of the run (10: ~11 %; 4: a third)
+    ema_warmup: float = Field(10.0, gt=1)
+    # learning rates of both networks: constant ("none") or falling linearly to 0 at train.steps
+    # (Gulrajani et al. 2017's schedule); a time budget (max_minutes) does not move it
+    lr_decay: Literal["none", "linear"] = "none"
     max_minutes: float | None = Field(None, gt=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
     # DCGAN only

@@ -14,22 +14,30 @@ class EMA:
     """EMA of a generator's parameters, with a warm-up (decay ramps from ~0.1 towards ``decay``)
     so short runs benefit too.
 
+    After ``u`` updates the decay is ``min(decay, (1 + u) / (warmup + u))``: until ``decay`` caps it,
+    the average spans about the last ``1 / (warmup - 1)`` of the updates so far (``warmup`` 10: the
+    last ~11 %; 4: the last third), a horizon that grows with the run like the power-function EMA
+    of Karras et al. 2024.
+
     Buffers are copied from the live generator. For BatchNorm generators (the 3D-GAN family) those
     running statistics belong to the live weights, not to the averaged ones, so :meth:`ready`
     re-estimates them for the averaged weights ("standing statistics", Brock et al. 2019) before
     the module is used for samples or written to a checkpoint.
     """
 
-    def __init__(self, model: AnyGenerator, decay: float) -> None:
+    def __init__(self, model: AnyGenerator, decay: float, warmup: float = 10.0) -> None:
+        if warmup <= 1:
+            raise ValueError(f"EMA warmup must be > 1, got {warmup}")
         self.module: AnyGenerator = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
+        self.warmup = warmup
         self.updates = 0
         self._calibrated_at = 0
 
     @torch.no_grad()
     def update(self, model: AnyGenerator) -> None:
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        decay = min(self.decay, (1 + self.updates) / (self.warmup + self.updates))
         torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1 - decay)
         for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)

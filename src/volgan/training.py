@@ -142,7 +142,7 @@ class Trainer:
         perf.configure_models(cfg.perf, self.generator, self.discriminator)
         self.autocast = perf.autocast_dtype(cfg.perf, self.device)
         t = cfg.train
-        self.ema = EMA(self.generator, t.ema_decay)  # a copy of the plain generator: no collectives in it
+        self.ema = EMA(self.generator, t.ema_decay, t.ema_warmup)  # a copy of the plain generator: no collectives in it
         if dist.enabled and cfg.model.family == "dcgan" and cfg.dist.sync_batchnorm:
             for net in (self.generator, self.discriminator):  # replaces the layers inside, before the optimisers exist
                 distributed.convert_sync_batchnorm(net, self.device)
@@ -255,6 +255,7 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         d = self.discriminator
         self._set_growth()
+        self._set_learning_rates()
         values = updates.wgan_gp_step(self, d) if isinstance(d, Critic) else updates.dcgan_step(self, d)
         self.step += 1
         if self.augment is not None:
@@ -268,6 +269,17 @@ class Trainer:
             if self.ada is not None:
                 values["aug_signal"] = self.ada.last_signal
         return values
+
+    def _set_learning_rates(self) -> None:
+        """train.lr_decay "linear": this step's rates, base × (1 − step / train.steps). A function of
+        the step alone, so a resumed run continues the schedule exactly."""
+        t = self.cfg.train
+        if t.lr_decay == "none":
+            return
+        scale = 1.0 - self.step / t.steps
+        for opt, base in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * scale
 
     def _set_growth(self) -> None:
         """Progressive growing: this step's level and fade on both networks. The EMA restarts its
