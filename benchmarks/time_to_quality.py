@@ -236,7 +236,10 @@ class Scorer:
 def run_volgan(
     name: str, cfg_dict: dict[str, Any], ds: Dataset, score: Scorer, a: argparse.Namespace
 ) -> dict[str, Any]:
-    """Train in RUN = OUT/runs/NAME, one Trainer.fit() of train.max_minutes = M/K per point."""
+    """Train in RUN = OUT/runs/NAME, one Trainer.fit() of train.max_minutes = M/K per point.
+
+    A ``train.steps`` the config or variant sets is kept (it shapes schedules such as
+    ``train.lr_decay``): the run then ends at that step or at the budget, whichever comes first."""
     from volgan.device import resolve_device
     from volgan.sampling import generate, load_generator
     from volgan.training import Trainer
@@ -246,7 +249,8 @@ def run_volgan(
     forced = {
         "run_dir": str(run_dir),
         "seed": a.seed,
-        "train": {"max_minutes": a.minutes / a.points, "steps": 10**9},  # the clock ends every chunk
+        # the clock ends every chunk, unless the config's own train.steps comes first
+        "train": {"max_minutes": a.minutes / a.points, "steps": cfg_dict.get("train", {}).get("steps", 10**9)},
         # a record every step: a chunk shorter than log.every steps would otherwise end with no
         # stats record, and the end-of-fit loss figure refuses an empty log
         "log": {"progress_bar": False, "every": 1},
@@ -265,7 +269,7 @@ def run_volgan(
         point |= score(vols, f"{name} (EMA, step {result.step})")
         points.append(point)
         progress(name, point)
-        if result.interrupted:
+        if result.interrupted or result.step >= cfg.train.steps:
             break
     return {"kind": "volgan", "run_dir": str(run_dir), "config": cfg.to_dict(), "points": points}
 

@@ -74,10 +74,14 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
     tiny = ("model.ngf=4", "model.ndf=4", "model.latent_dim=8", "model.embed_dim=4", "train.batch_size=2")
     args += ("--judge-epochs", "1", "--phantom-train", "8", "--phantom-held-out", "8", "--out", str(tmp_path))
     args += tuple(x for s in tiny for x in ("--set", s)) + YARDSTICK_ARGS
+    args += ("--variant", "short:train.steps=1,train.lr_decay=linear")  # its own steps end it early
     out = run("time_to_quality.py", *args)
     result = json.loads((tmp_path / "time_to_quality.json").read_text())
     contenders = result["contenders"]
-    assert set(contenders) == {BASELINE, "volgan"}, out
+    assert set(contenders) == {BASELINE, "volgan", "short"}, out
+    short = contenders.pop("short")
+    assert [(p["point"], p["steps"]) for p in short["points"]] == [(1, 1)], short["points"]
+    assert short["config"]["train"]["steps"] == 1
     for name, c in contenders.items():
         assert [p["point"] for p in c["points"]] == [1, 2], name
         for p in c["points"]:
