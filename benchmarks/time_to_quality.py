@@ -6,6 +6,7 @@
     python benchmarks/time_to_quality.py --data DIR --held-out DIR2 --config my.yaml --minutes 30 --points 3
     python benchmarks/time_to_quality.py --data phantom64 --contenders volgan \\
         --variant narrow:model.ngf=16,model.ndf=16 --variant wide:model.ngf=48    # ablations in one run
+    python benchmarks/time_to_quality.py --data phantom64 --rescore OUT/time_to_quality.json --splits 5 --out OUT
 
 Each contender trains for ``--minutes`` split into ``--points`` equal chunks, one contender after
 another. After every chunk the generator (volgan: the EMA weights of the checkpoint, exactly as
@@ -23,6 +24,10 @@ its spread over 20 splits first). ``--splits R`` averages every metric of a poin
 The yardstick (``../shared/bench/naive_cwgan.py``, ``--yardstick PATH``) trains on the same
 batches (volgan's batch size and data order) with its own schedule (``critic_step``'s n_critic).
 Writes ``OUT/time_to_quality.json`` (everything) and ``OUT/time_to_quality.png`` (the curves).
+Every point's weights stay in ``OUT/runs/`` (volgan: the checkpoint its chunk ended with; the
+yardstick: ``runs/yardstick/point_K.pt``), so a finished run can be scored again on more splits
+without training: the same command with ``--rescore OUT/time_to_quality.json --splits 5`` (same
+``--out``, so the cached judge is reused) writes ``OUT/time_to_quality_rescored.{json,png}``.
 """
 
 from __future__ import annotations
@@ -233,6 +238,30 @@ class Scorer:
         return point
 
 
+def volgan_volumes(checkpoint: Path | str, score: Scorer, a: argparse.Namespace, device: Any) -> np.ndarray:
+    """--n volumes per class from a checkpoint's EMA generator, exactly as ``volgan sample`` loads it."""
+    from volgan.sampling import generate, load_generator
+
+    loaded = load_generator(checkpoint, ema=True, device=device)
+    return generate(loaded.generator, score.labels(), a.seed, 0, 8, device, loaded.autocast).numpy()
+
+
+def yardstick_volumes(naive: Any, g: torch.nn.Module, score: Scorer, a: argparse.Namespace, device: Any) -> np.ndarray:
+    """--n volumes per class from the yardstick's G, latents of --seed."""
+    y = score.labels().to(device)
+    z = torch.randn(len(y), naive.Z, generator=torch.Generator().manual_seed(a.seed)).to(device)
+    with torch.no_grad():
+        return torch.cat([g(z[j : j + 8], y[j : j + 8])[:, 0].cpu() for j in range(0, len(y), 8)]).numpy()
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """The module's state dict, written atomically (torch.load(weights_only=True) reads it back)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+    tmp.replace(path)
+
+
 def run_volgan(
     name: str, cfg_dict: dict[str, Any], ds: Dataset, score: Scorer, a: argparse.Namespace
 ) -> dict[str, Any]:
@@ -241,7 +270,6 @@ def run_volgan(
     A ``train.steps`` the config or variant sets is kept (it shapes schedules such as
     ``train.lr_decay``): the run then ends at that step or at the budget, whichever comes first."""
     from volgan.device import resolve_device
-    from volgan.sampling import generate, load_generator
     from volgan.training import Trainer
 
     run_dir = Path(a.out) / "runs" / name
@@ -251,9 +279,10 @@ def run_volgan(
         "seed": a.seed,
         # the clock ends every chunk, unless the config's own train.steps comes first
         "train": {"max_minutes": a.minutes / a.points, "steps": cfg_dict.get("train", {}).get("steps", 10**9)},
-        # a record every step: a chunk shorter than log.every steps would otherwise end with no
-        # stats record, and the end-of-fit loss figure refuses an empty log
-        "log": {"progress_bar": False, "every": 1},
+        # a record every step (a chunk shorter than log.every steps would otherwise end with no
+        # stats record, and the end-of-fit loss figure refuses an empty log); one checkpoint per
+        # point, the one each chunk ends with, all kept for --rescore
+        "log": {"progress_bar": False, "every": 1, "checkpoint_every": 10**9, "keep_checkpoints": a.points},
     }
     cfg = build_config(merge_dicts(cfg_dict, forced), f"<time_to_quality: {name}>")
     trainer = Trainer(cfg, ds.train)
@@ -263,10 +292,9 @@ def run_volgan(
         t0 = time.perf_counter()
         result = trainer.fit()
         minutes += (time.perf_counter() - t0) / 60
-        loaded = load_generator(run_dir, ema=True, device=device)
-        vols = generate(loaded.generator, score.labels(), a.seed, 0, 8, device, loaded.autocast).numpy()
-        point = {"point": k + 1, "minutes": minutes, "steps": result.step}
-        point |= score(vols, f"{name} (EMA, step {result.step})")
+        saved = result.checkpoint or run_dir  # fit() always ends with a checkpoint
+        point = {"point": k + 1, "minutes": minutes, "steps": result.step, "checkpoint": str(saved.resolve())}
+        point |= score(volgan_volumes(saved, score, a, device), f"{name} (EMA, step {result.step})")
         points.append(point)
         progress(name, point)
         if result.interrupted or result.step >= cfg.train.steps:
@@ -283,6 +311,7 @@ def run_yardstick(
     if device.type == "cuda":
         torch.set_default_device(device)  # the yardstick makes its tensors (and the penalty's alpha) there
     naive = load_yardstick(path)
+    shutil.rmtree(Path(a.out) / "runs" / "yardstick", ignore_errors=True)  # its points from an earlier run
     size, n_classes = ds.data_cfg.size, ds.train.num_classes
     g, d, og, od, _, _ = naive.make(size, batch, n_classes)
     n_critic = int(inspect.signature(naive.critic_step).parameters["n_critic"].default)
@@ -299,17 +328,60 @@ def run_yardstick(
             naive.critic_step(i, g, d, og, od, real.to(device), y)
             i += 1
         minutes += (time.perf_counter() - t0) / 60
-        y = score.labels().to(device)
-        z = torch.randn(len(y), naive.Z, generator=torch.Generator().manual_seed(a.seed)).to(device)
-        with torch.no_grad():
-            vols = torch.cat([g(z[j : j + 8], y[j : j + 8])[:, 0].cpu() for j in range(0, len(y), 8)]).numpy()
         steps = math.ceil(i / n_critic)  # critic_step updates G when i % n_critic == 0
-        point = {"point": k + 1, "minutes": minutes, "steps": steps, "critic_steps": i}
-        point |= score(vols, f"yardstick (step {steps})")
+        weights = Path(a.out) / "runs" / "yardstick" / f"point_{k + 1}.pt"  # for --rescore
+        save_weights(g, weights)
+        point = {"point": k + 1, "minutes": minutes, "steps": steps, "critic_steps": i, "weights": str(weights.resolve())}
+        point |= score(yardstick_volumes(naive, g, score, a, device), f"yardstick (step {steps})")
         points.append(point)
         progress("yardstick", point)
     torch.set_default_device(None)
     return {"kind": "yardstick", "path": str(path), "batch_size": batch, "n_critic": n_critic, "points": points}
+
+
+def rescore(path: Path, ds: Dataset, score: Scorer, a: argparse.Namespace, device: Any) -> dict[str, dict[str, Any]]:
+    """Score every saved point of an earlier run (its time_to_quality.json) again with this
+    command's --draws and --splits: the same volumes (same --seed and --n), a steadier score."""
+    try:
+        old = json.loads(path.read_text())
+        contenders, settings, dataset = old["contenders"], old["settings"], old["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--rescore {path}: not a time_to_quality.json this benchmark wrote ({e})") from None
+    if (dataset.get("name"), dataset.get("size")) != (ds.name, ds.data_cfg.size):
+        raise SystemExit(
+            f"--rescore {path}: written for {dataset.get('name')} at {dataset.get('size')}³, "
+            f"this command scores {ds.name} at {ds.data_cfg.size}³"
+        )
+    if (settings.get("seed"), settings.get("n_per_class")) != (a.seed, a.n):
+        raise SystemExit(
+            f"--rescore {path}: pass its --seed {settings.get('seed')} and --n {settings.get('n_per_class')} "
+            "so that the same volumes are drawn"
+        )
+    a.minutes, a.points = settings["minutes"], settings["points"]
+    results: dict[str, dict[str, Any]] = {}
+    for name, c in contenders.items():
+        points = []
+        for p in c["points"]:
+            saved = Path(p.get("checkpoint") or p.get("weights") or "")
+            if not saved.name or not saved.is_file():
+                raise SystemExit(
+                    f"--rescore {path}: {name}'s point {p['point']} has no saved weights "
+                    f"({saved if saved.name else 'an earlier version kept none'}); train it again"
+                )
+            if c["kind"] == "volgan":
+                vols = volgan_volumes(saved, score, a, device)
+            else:
+                naive = load_yardstick(Path(c["path"]) if Path(c["path"]).exists() else Path(a.yardstick))
+                g = naive.make(ds.data_cfg.size, c["batch_size"], ds.train.num_classes)[0]
+                g.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+                vols = yardstick_volumes(naive, g.to(device), score, a, device)  # its mode when it was scored
+            keep = {k: p[k] for k in ("point", "minutes", "steps", "critic_steps", "checkpoint", "weights") if k in p}
+            point = keep | score(vols, f"{name} (step {p['steps']}, re-scored)")
+            points.append(point)
+            progress(name, point)
+        results[name] = {**c, "points": points, "rescored_from": str(path)}
+        print(table(name, points), flush=True)
+    return results
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -385,7 +457,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help=f"{', '.join(BUILT_IN)}, or a data folder/.npz (with --held-out)")
     ap.add_argument("--held-out", help="held-out data for --data PATH (an .npz PATH defaults to its val split)")
     ap.add_argument("--size", type=int, help="training grid (e.g. 32 for a quick phantom64/adrenal64 run)")
-    ap.add_argument("--minutes", type=float, required=True, help="training budget per contender")
+    ap.add_argument("--minutes", type=float, help="training budget per contender (required unless --rescore)")
     ap.add_argument("--points", type=int, default=4, help="evaluations, one after each M/K minutes")
     ap.add_argument("--contenders", default="volgan,yardstick", help="comma list of volgan, yardstick")
     ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,... another volgan contender")
@@ -401,8 +473,13 @@ def main() -> None:
     ap.add_argument("--phantom-train", type=int, default=96, help="phantom64: training phantoms per class")
     ap.add_argument("--phantom-held-out", type=int, default=32, help="phantom64: held-out phantoms per class")
     ap.add_argument("--yardstick", default=str(DEFAULT_YARDSTICK), help="path of naive_cwgan.py")
+    ap.add_argument(
+        "--rescore", metavar="JSON", help="train nothing: score the saved points of an earlier run's JSON again"
+    )
     a = ap.parse_args()
-    if a.minutes <= 0 or a.points < 1 or a.n < 2 or a.splits < 1:
+    if a.rescore is None and a.minutes is None:
+        raise SystemExit("--minutes is required (or --rescore an earlier run's JSON)")
+    if (a.minutes is not None and a.minutes <= 0) or a.points < 1 or a.n < 2 or a.splits < 1:
         raise SystemExit("--minutes must be > 0, --points >= 1, --n >= 2 and --splits >= 1")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -435,6 +512,10 @@ def main() -> None:
 
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    if a.rescore:
+        results = rescore(Path(a.rescore), ds, score, a, device)
+        notes.append(f"re-scored the saved points of {a.rescore}; no training")
+        contenders, variants = [], []
     for name in contenders:
         if name == "volgan":
             results["volgan"] = run_volgan("volgan", common, ds, score, a)
@@ -479,11 +560,11 @@ def main() -> None:
         "notes": notes,
         "contenders": results,
     }
-    out = Path(a.out)
-    (out / "time_to_quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+    stem = Path(a.out) / ("time_to_quality_rescored" if a.rescore else "time_to_quality")
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     title = f"{ds.name} {ds.data_cfg.size}³, {a.minutes:g} min; {machine_line()}, {torch.get_num_threads()} threads"
-    plot(results, out / "time_to_quality.png", title)
-    print(f"{title}\nwrote {out / 'time_to_quality.json'} and {out / 'time_to_quality.png'}")
+    plot(results, stem.with_suffix(".png"), title)
+    print(f"{title}\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -97,3 +97,24 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
     assert result["machine"] and result["threads"] >= 1
     assert (tmp_path / "time_to_quality.png").stat().st_size > 0
     assert "FD/ref" in out
+
+    # --rescore: every point's weights were kept, so the same splits give the same scores again
+    # (the same volumes from the same weights; the same process settings), no training
+    common = ("--data", "phantom64", "--size", "16", "--n", "8", "--draws", "2", "--judge-epochs", "1")
+    common += ("--phantom-train", "8", "--phantom-held-out", "8", "--out", str(tmp_path), *YARDSTICK_ARGS)
+    common += ("--rescore", str(tmp_path / "time_to_quality.json"))
+    out = run("time_to_quality.py", *common, "--splits", "2")
+    again = json.loads((tmp_path / "time_to_quality_rescored.json").read_text())["contenders"]
+    assert set(again) == {BASELINE, "volgan", "short"}, out
+    for name, c in contenders.items():
+        for before, after in zip(c["points"], again[name]["points"], strict=True):
+            assert (after["point"], after["steps"]) == (before["point"], before["steps"])
+            for key in ("fd", "fd_ref", "recall", "coverage", "ms_ssim", "cond_acc"):
+                assert math.isclose(after[key], before[key], rel_tol=1e-6, abs_tol=1e-9), (name, key)
+    wrong = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "time_to_quality.py"), *common, "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert wrong.returncode != 0 and "pass its --seed 0 and --n 8" in wrong.stderr, wrong.stderr[-500:]
