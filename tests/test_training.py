@@ -1,6 +1,7 @@
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,19 @@ def assert_same_weights(a: Trainer, b: Trainer) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+def assert_resumes_exactly(tmp_path: Path, train: dict[str, Any], stop_after: int) -> Trainer:
+    """A run of ``train`` straight through equals one stopped after ``stop_after`` steps and
+    resumed, bit for bit on the CPU; returns the straight run."""
+    data = tiny_data()
+    straight = Trainer(tiny_config(tmp_path / "straight", train=train), data)
+    straight.fit()
+    Trainer(tiny_config(tmp_path / "split", train=train), data).fit(stop_after=stop_after)
+    resumed = Trainer(tiny_config(tmp_path / "split", train=train), data, resume=tmp_path / "split")
+    resumed.fit()
+    assert_same_weights(straight, resumed)
+    return straight
 
 
 def test_batch_stream_covers_each_epoch_once_and_resumes() -> None:
@@ -285,13 +299,7 @@ def test_lazy_penalty_is_weighted_k_and_resumes_on_schedule(tmp_path: Path) -> N
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # same terms, another summation order
     assert any(not torch.allclose(a, b) for a, b in zip(lazy, plain, strict=True))
 
-    train = {"n_critic": 3, "gp_every": 2, "steps": 3}
-    straight = Trainer(tiny_config(tmp_path / "straight", train=train), data)
-    straight.fit()
-    Trainer(tiny_config(tmp_path / "split", train=train), data).fit(stop_after=1)
-    resumed = Trainer(tiny_config(tmp_path / "split", train=train), data, resume=tmp_path / "split")
-    resumed.fit()
-    assert_same_weights(straight, resumed)
+    assert_resumes_exactly(tmp_path, {"n_critic": 3, "gp_every": 2, "steps": 3}, stop_after=1)
 
 
 def test_linear_lr_decay_follows_the_step_and_resumes_exactly(tmp_path: Path) -> None:
@@ -310,10 +318,5 @@ def test_linear_lr_decay_follows_the_step_and_resumes_exactly(tmp_path: Path) ->
     plain.train_step()
     assert plain.opt_g.param_groups[0]["lr"] == 2e-4
 
-    straight = Trainer(tiny_config(tmp_path / "straight", train=train), data)
-    straight.fit()
-    Trainer(tiny_config(tmp_path / "split", train=train), data).fit(stop_after=2)
-    resumed = Trainer(tiny_config(tmp_path / "split", train=train), data, resume=tmp_path / "split")
-    resumed.fit()
-    assert_same_weights(straight, resumed)
+    straight = assert_resumes_exactly(tmp_path, train, stop_after=2)
     assert not torch.equal(straight.generator.to_volume.weight, plain.generator.to_volume.weight)
