@@ -331,7 +331,13 @@ def run_yardstick(
         steps = math.ceil(i / n_critic)  # critic_step updates G when i % n_critic == 0
         weights = Path(a.out) / "runs" / "yardstick" / f"point_{k + 1}.pt"  # for --rescore
         save_weights(g, weights)
-        point = {"point": k + 1, "minutes": minutes, "steps": steps, "critic_steps": i, "weights": str(weights.resolve())}
+        point = {
+            "point": k + 1,
+            "minutes": minutes,
+            "steps": steps,
+            "critic_steps": i,
+            "weights": str(weights.resolve()),
+        }
         point |= score(yardstick_volumes(naive, g, score, a, device), f"yardstick (step {steps})")
         points.append(point)
         progress("yardstick", point)
