@@ -256,10 +256,9 @@ def yardstick_volumes(naive: Any, g: torch.nn.Module, score: Scorer, a: argparse
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     """The module's state dict, written atomically (torch.load(weights_only=True) reads it back)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-    tmp.replace(path)
+    from volgan.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, f))
 
 
 def run_volgan(
@@ -367,6 +366,9 @@ def rescore(path: Path, ds: Dataset, score: Scorer, a: argparse.Namespace, devic
     results: dict[str, dict[str, Any]] = {}
     for name, c in contenders.items():
         points = []
+        if c["kind"] != "volgan":  # the yardstick's G, built once; each point loads its weights
+            naive = load_yardstick(Path(c["path"]) if Path(c["path"]).exists() else Path(a.yardstick))
+            g = naive.make(ds.data_cfg.size, c["batch_size"], ds.train.num_classes)[0].to(device)
         for p in c["points"]:
             saved = Path(p.get("checkpoint") or p.get("weights") or "")
             if not saved.name or not saved.is_file():
@@ -377,10 +379,8 @@ def rescore(path: Path, ds: Dataset, score: Scorer, a: argparse.Namespace, devic
             if c["kind"] == "volgan":
                 vols = volgan_volumes(saved, score, a, device)
             else:
-                naive = load_yardstick(Path(c["path"]) if Path(c["path"]).exists() else Path(a.yardstick))
-                g = naive.make(ds.data_cfg.size, c["batch_size"], ds.train.num_classes)[0]
-                g.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
-                vols = yardstick_volumes(naive, g.to(device), score, a, device)  # its mode when it was scored
+                g.load_state_dict(torch.load(saved, map_location=device, weights_only=True))
+                vols = yardstick_volumes(naive, g, score, a, device)  # in the mode it was scored in
             keep = {k: p[k] for k in ("point", "minutes", "steps", "critic_steps", "checkpoint", "weights") if k in p}
             point = keep | score(vols, f"{name} (step {p['steps']}, re-scored)")
             points.append(point)
