@@ -266,8 +266,9 @@ def run_volgan(
 ) -> dict[str, Any]:
     """Train in RUN = OUT/runs/NAME, one Trainer.fit() of train.max_minutes = M/K per point.
 
-    A ``train.steps`` the config or variant sets is kept (it shapes schedules such as
-    ``train.lr_decay``): the run then ends at that step or at the budget, whichever comes first."""
+    A ``train.steps`` or ``train.budget_minutes`` the config or variant sets is kept (they shape
+    schedules such as ``train.lr_decay``): the run then ends there or at the benchmark's budget,
+    whichever comes first."""
     from volgan.device import resolve_device
     from volgan.training import Trainer
 
@@ -296,7 +297,7 @@ def run_volgan(
         point |= score(volgan_volumes(saved, score, a, device), f"{name} (EMA, step {result.step})")
         points.append(point)
         progress(name, point)
-        if result.interrupted or result.step >= cfg.train.steps:
+        if result.interrupted or result.step >= cfg.train.steps or trainer.budget_spent() >= 1.0:
             break
     return {"kind": "volgan", "run_dir": str(run_dir), "config": cfg.to_dict(), "points": points}
 

@@ -319,3 +319,49 @@ def test_linear_lr_decay_follows_the_step_and_resumes_exactly(tmp_path: Path) ->
 
     straight = assert_resumes_exactly(tmp_path, train, stop_after=2)
     assert not torch.equal(straight.generator.to_volume.weight, plain.generator.to_volume.weight)
+
+
+class OneSecondPerReading:
+    """A clock for Trainer.clock: each reading is one second after the last."""
+
+    def __init__(self) -> None:
+        self.now = -1.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_budget_minutes_ends_the_run_and_its_lr_decay_over_resumes(tmp_path: Path) -> None:
+    """train.budget_minutes: the run stops when it has trained that long over all its fit() calls,
+    and with lr_decay linear its rates fall to 0 there (the trained seconds are in each checkpoint,
+    so a stopped run resumes on the same schedule); a run whose budget is spent trains no step."""
+    data = tiny_data()
+    train = {"lr_decay": "linear", "steps": 100, "budget_minutes": 4 / 60, "lr_g": 2e-4}
+
+    def trainer(name: str, **kw: Any) -> Trainer:
+        tr = Trainer(tiny_config(tmp_path / name, train=train), data, **kw)
+        tr.clock = OneSecondPerReading()  # read once as fit() starts, then once after each step
+        return tr
+
+    straight, seen = trainer("straight"), []
+    step = straight.train_step
+
+    def recording_step() -> dict[str, float]:
+        values = step()
+        seen.append(straight.opt_g.param_groups[0]["lr"])
+        return values
+
+    straight.train_step = recording_step  # type: ignore[method-assign]
+    result = straight.fit()
+    assert result.step == 4 and not result.interrupted  # 4 s trained of a 4 s budget, long before step 100
+    assert seen == pytest.approx([2e-4 * s for s in (1.0, 0.75, 0.5, 0.25)], rel=1e-12)
+    assert ckpt.load_checkpoint(result.checkpoint)["trained_seconds"] == 4.0
+
+    trainer("split").fit(stop_after=2)
+    resumed = trainer("split", resume=tmp_path / "split")
+    assert resumed.trained_seconds == 2.0
+    assert resumed.fit().step == 4
+    assert_same_weights(straight, resumed)
+    spent = trainer("split", resume=tmp_path / "split")
+    assert spent.fit().step == 4

@@ -365,6 +365,7 @@ def training_state(tr: Trainer) -> dict[str, Any]:
         "discriminator": tr.discriminator.state_dict(),
         "ema": tr.ema.ready(seed=tr.cfg.seed).state_dict(),
         "ema_updates": tr.ema.updates,
+        "trained_seconds": tr.trained_seconds,
         "opt_g": tr.opt_g.state_dict(),
         "opt_d": tr.opt_d.state_dict(),
         "rng": tr.rng.state(),
@@ -408,6 +409,7 @@ def restore_training_state(tr: Trainer, where: Path, state: dict[str, Any] | Non
     tr.ema.updates = int(state["ema_updates"])
     tr.ema.mark_calibrated()
     tr.step = int(state["step"])
+    tr.trained_seconds = float(state.get("trained_seconds", 0.0))  # absent before train.budget_minutes
     tr.stream = BatchStream(len(tr.data.labels), tr.cfg.train.batch_size, tr.cfg.seed, **state["data_state"])
     tr.rng.load(state["rng"])
     tr.last_checkpoint = path

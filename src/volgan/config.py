@@ -163,10 +163,15 @@ class TrainConfig(_Section):
     # the EMA's warm-up: after u updates its decay is min(ema_decay, (1 + u) / (ema_warmup + u)), an
     # average over about the last 1 / (ema_warmup - 1) of the run (10: ~11 %; 4: a third)
     ema_warmup: float = Field(10.0, gt=1)
-    # learning rates of both networks: constant ("none") or falling linearly to 0 at train.steps
-    # (Gulrajani et al. 2017's schedule); a time budget (max_minutes) does not move it
+    # learning rates of both networks: constant ("none") or falling linearly to 0 (Gulrajani et al.
+    # 2017's schedule) at train.steps, or at the end of train.budget_minutes if that comes first;
+    # max_minutes (one invocation's limit) does not move it
     lr_decay: Literal["none", "linear"] = "none"
+    # this invocation's wall-clock limit (a resumed run gets it afresh)
     max_minutes: float | None = Field(None, gt=0)
+    # the run's wall-clock budget, counted over all its invocations (kept in the checkpoint); the
+    # run stops when it is spent
+    budget_minutes: float | None = Field(None, gt=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
     # DCGAN only
     d_acc_threshold: float = Field(0.8, ge=0, le=1)

@@ -169,6 +169,10 @@ class Trainer:
         self.augment = DiffAugment3d(a, value_range) if a.enabled else None
         self.ada = AdaptiveP(a) if a.enabled and a.adaptive else None
         self.step = 0
+        # wall-clock seconds this run has trained, over all its fit() calls and resumes
+        # (train.budget_minutes); read from ``clock``, which tests replace
+        self.trained_seconds = 0.0
+        self.clock = time.perf_counter
         self.stream = BatchStream(len(data.labels), t.batch_size, cfg.seed)
         self._stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
@@ -271,15 +275,22 @@ class Trainer:
         return values
 
     def _set_learning_rates(self) -> None:
-        """train.lr_decay "linear": this step's rates, base × (1 − step / train.steps). A function of
-        the step alone, so a resumed run continues the schedule exactly."""
+        """train.lr_decay "linear": this step's rates, base × (1 − the part of the run done), where the
+        part done is step / train.steps, or the part of train.budget_minutes spent if that is larger.
+        The step and the trained seconds are in every checkpoint, so a resumed run continues the
+        schedule where it stopped (exactly, for a schedule of steps alone)."""
         t = self.cfg.train
         if t.lr_decay == "none":
             return
-        scale = 1.0 - self.step / t.steps
+        scale = 1.0 - max(self.step / t.steps, self.budget_spent())
         for opt, base in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = base * scale
+
+    def budget_spent(self) -> float:
+        """The part of train.budget_minutes this run has trained (0 without a budget; 1 = spent)."""
+        budget = self.cfg.train.budget_minutes
+        return min(1.0, self.trained_seconds / (60 * budget)) if budget else 0.0
 
     def _set_growth(self) -> None:
         """Progressive growing: this step's level and fade on both networks. The EMA restarts its
@@ -433,16 +444,24 @@ class Trainer:
         target = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
         logger = RunLogger(self.run_dir, cfg.train.steps, self.step, every.progress_bar) if main else None
         old_handlers = self._install_signal_handlers()
-        start, saved_at = time.perf_counter(), self.step
+        start, saved_at, trained_before = self.clock(), self.step, self.trained_seconds
         record = _Recorder(self, logger)
+        over_budget = self.budget_spent() >= 1.0  # a resumed run whose budget is spent trains no step
         try:
-            while self.step < target:
+            while self.step < target and not over_budget:
                 # 1. n_critic critic updates (WGAN-GP) or one discriminator update (3D-GAN), then one
                 #    generator update and the EMA update: volgan.updates
                 values = self.train_step()
-                # 2. out of time, or signalled? every rank decides the same at the same step
-                over_budget = bool(cfg.train.max_minutes and time.perf_counter() - start > 60 * cfg.train.max_minutes)
-                stop = distributed.any_true(over_budget or self._stop_signal is not None, self.dist, self.device)
+                # 2. out of time, or signalled? every rank decides the same at the same step, and
+                #    keeps the same trained seconds (the mean over ranks: the lr schedule reads them)
+                elapsed = self.clock() - start
+                shared = distributed.mean_values(
+                    {"elapsed": elapsed, "signal": float(self._stop_signal is not None)}, self.dist, self.device
+                )
+                self.trained_seconds = trained_before + shared["elapsed"]
+                over_budget = bool(cfg.train.max_minutes and shared["elapsed"] > 60 * cfg.train.max_minutes)
+                over_budget = over_budget or self.budget_spent() >= 1.0
+                stop = over_budget or shared["signal"] > 0
                 # 3. log line, stats.jsonl, TensorBoard (the last step is always logged)
                 record.step(values, log_now=self.step % every.every == 0 or self.step == target or stop)
                 if logger is not None:  # rank 0
@@ -455,7 +474,8 @@ class Trainer:
                         saved_at = self.step
                 if stop:
                     if over_budget:
-                        log.info("time budget of %.1f min reached at step %d", cfg.train.max_minutes, self.step)
+                        minutes = self.trained_seconds / 60
+                        log.info("time budget reached at step %d (%.1f min trained)", self.step, minutes)
                     elif self._stop_signal is None:
                         self._stop_signal = signal.SIGTERM  # another rank was signalled
                     break
