@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,9 +106,24 @@ def init(ctx: DistContext, device: torch.device, backend: str = "auto", timeout_
     )
 
 
+# How long shutdown() hands the GIL to Gloo's worker threads (see there).
+GLOO_DRAIN_S = 0.2
+
+
 def shutdown() -> None:
+    """Leave the process group, then give Gloo's worker threads a moment before the interpreter ends.
+
+    With DistributedDataParallel, Gloo's worker threads outlive ``destroy_process_group`` (torch
+    2.13: the reducer keeps a reference to the group), and one may still be freeing a finished
+    collective that was started during a backward pass. That object holds a Python object (the
+    autograd context torch keeps in thread-local state), so freeing it takes the GIL; if the
+    interpreter has begun finalising by then, the thread cannot have it and the process aborts
+    ("terminate called without an active exception", SIGABRT), failing a job that had finished.
+    Sleeping releases the GIL, so a thread waiting for it finishes first.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(GLOO_DRAIN_S)
 
 
 def rank_device(ctx: DistContext, device: torch.device) -> torch.device:
@@ -153,10 +169,6 @@ def _reduce(value: float, op: Any, device: torch.device) -> float:
 def all_true(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     """True on every rank iff ``flag`` is true on every rank (one decision for all)."""
     return flag if not ctx.enabled else _reduce(float(flag), dist.ReduceOp.MIN, device) > 0.5
-
-
-def any_true(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    return flag if not ctx.enabled else _reduce(float(flag), dist.ReduceOp.MAX, device) > 0.5
 
 
 def mean(value: float, ctx: DistContext, device: torch.device) -> float:
