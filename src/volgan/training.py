@@ -459,8 +459,8 @@ class Trainer:
                     {"elapsed": elapsed, "signal": float(self._stop_signal is not None)}, self.dist, self.device
                 )
                 self.trained_seconds = trained_before + shared["elapsed"]
-                over_budget = bool(cfg.train.max_minutes and shared["elapsed"] > 60 * cfg.train.max_minutes)
-                over_budget = over_budget or self.budget_spent() >= 1.0
+                limit = cfg.train.max_minutes
+                over_budget = bool(limit and shared["elapsed"] > 60 * limit) or self.budget_spent() >= 1.0
                 stop = over_budget or shared["signal"] > 0
                 # 3. log line, stats.jsonl, TensorBoard (the last step is always logged)
                 record.step(values, log_now=self.step % every.every == 0 or self.step == target or stop)
