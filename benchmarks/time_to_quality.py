@@ -74,6 +74,8 @@ COLUMNS = (
     ("recall", "recall", "{:.2f}"),
     ("dens", "density", "{:.2f}"),
     ("cover", "coverage", "{:.2f}"),
+    ("W1", "w1_intensity", "{:.4f}"),
+    ("W1 ref", "w1_intensity_ref", "{:.4f}"),
     ("MS-SSIM", "ms_ssim", "{:.3f}"),
     ("real", "ms_ssim_real", "{:.3f}"),
     ("1-corr", "diversity", "{:.3f}"),
@@ -206,10 +208,12 @@ def judge_for(ds: Dataset, a: argparse.Namespace, device: torch.device) -> tuple
 
 
 class Scorer:
-    """Scores (N, S, S, S) volumes in [-1, 1] generated for ``labels`` against the held-out set."""
+    """Scores (N, S, S, S) volumes in [-1, 1] generated for ``labels`` against the held-out set, and
+    keeps a few slices of each scored set for the samples figure (``shown``: (source, slices))."""
 
     def __init__(self, ds: Dataset, judge: Any, meta: dict[str, Any], a: argparse.Namespace, device: Any) -> None:
         self.ds, self.judge, self.meta, self.a, self.device = ds, judge, meta, a, device
+        self.shown: list[tuple[str, np.ndarray]] = []
 
     def labels(self) -> torch.Tensor:
         return torch.arange(self.ds.train.num_classes).repeat_interleave(self.a.n)
@@ -235,7 +239,45 @@ class Scorer:
             )
         )
         point["eval_seconds"] = time.perf_counter() - t0
+        self.shown.append((source, fullest_slices(synthetic.volumes, synthetic.labels, SHOWN_PER_CLASS)))
         return point
+
+
+SHOWN_PER_CLASS = 4  # volumes per class in the samples figure (the first ones: the same latents every point)
+
+
+def fullest_slices(volumes: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The axial slice with the most foreground of the first ``per_class`` volumes of each class
+    (a small object off the grid's centre would miss the middle slice), classes in order."""
+    picked = [i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:per_class]]
+    out = []
+    for i in picked:
+        v = np.asarray(volumes[i], dtype=np.float32)
+        mass = (v - v.min()).sum(axis=(0, 1))  # per slice along the last (axial) grid axis
+        out.append(v[:, :, int(np.argmax(mass))])
+    return np.stack(out)
+
+
+def plot_samples(shown: list[tuple[str, np.ndarray]], real: np.ndarray, path: Path, title: str) -> None:
+    """One row per scored point (its first volumes of each class), the held-out volumes on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("held-out (real)", real), *shown]
+    cols = max(len(s) for _, s in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows)), squeeze=False)
+    for ax_row, (label, slices) in zip(axes, rows, strict=True):
+        for j, ax in enumerate(ax_row):
+            ax.axis("off")
+            if j < len(slices):
+                ax.imshow(slices[j].T, cmap="gray", vmin=-1, vmax=1, origin="lower")
+        ax_row[0].set_title(label, fontsize=7, loc="left")
+    how = f"axial slice with the most foreground; {SHOWN_PER_CLASS} per class, classes left to right"
+    fig.suptitle(f"{title}\n{how}", fontsize=8)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
 
 
 def volgan_volumes(checkpoint: Path | str, score: Scorer, a: argparse.Namespace, device: Any) -> np.ndarray:
@@ -425,6 +467,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
         ("FD / real-vs-real FD", "fd_ratio", None),
         ("recall", "recall", "recall_ref"),
         ("coverage", "coverage", "coverage_ref"),
+        ("voxel-intensity W1", "w1_intensity", "w1_intensity_ref"),
         ("within-class MS-SSIM", "ms_ssim", "ms_ssim_real"),
         ("conditional accuracy", "cond_acc", "cond_acc_real"),
     )
@@ -571,7 +614,10 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     title = f"{ds.name} {ds.data_cfg.size}³, {a.minutes:g} min; {machine_line()}, {torch.get_num_threads()} threads"
     plot(results, stem.with_suffix(".png"), title)
-    print(f"{title}\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    samples = stem.with_name(stem.name + "_samples.png")
+    real = fullest_slices(ds.held_out.volumes, ds.held_out.labels, SHOWN_PER_CLASS)
+    plot_samples(score.shown, real, samples, title)
+    print(f"{title}\nwrote {stem.with_suffix('.json')}, {stem.with_suffix('.png')} and {samples}")
 
 
 if __name__ == "__main__":

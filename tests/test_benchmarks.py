@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 YARDSTICK = REPO.parent / "shared" / "bench" / "naive_cwgan.py"
 # with ../shared/bench the yardstick runs too; without it (a clean clone) volgan's rows alone
@@ -96,6 +98,7 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
     assert "over 20 half splits" in out and "the mean of splits 0-1" in out, out
     assert result["machine"] and result["threads"] >= 1
     assert (tmp_path / "time_to_quality.png").stat().st_size > 0
+    assert (tmp_path / "time_to_quality_samples.png").stat().st_size > 0
     assert "FD/ref" in out
 
     # --rescore: every point's weights were kept, so the same splits give the same scores again
@@ -118,3 +121,25 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
         timeout=600,
     )
     assert wrong.returncode != 0 and "pass its --seed 0 and --n 8" in wrong.stderr, wrong.stderr[-500:]
+
+
+def test_samples_figure_shows_the_slice_with_the_most_foreground_of_the_first_volumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small object away from the grid's centre would miss the middle slice: the figure takes
+    the axial slice holding most of it, for the first volumes of each class, classes in order."""
+    import importlib
+
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the script and its sibling _harness
+    ttq = importlib.import_module("time_to_quality")
+    vols = -np.ones((5, 8, 8, 8), np.float32)
+    for i, z in enumerate([1, 2, 6, 7, 3]):
+        vols[i, 2:5, 3:6, z] = 1.0  # volume i's object lies in axial slice z
+    labels = np.array([1, 0, 1, 0, 1])
+    slices = ttq.fullest_slices(vols, labels, per_class=2)
+    # class 0 first (volumes 1, 3), then class 1 (volumes 0, 2; volume 4 is past per_class)
+    expected = np.stack([vols[i][:, :, z] for i, z in ((1, 2), (3, 7), (0, 1), (2, 6))])
+    np.testing.assert_array_equal(slices, expected)
+    assert slices[:, 2:5, 3:6].min() == 1.0  # every shown slice holds its object

@@ -177,6 +177,33 @@ def test_resume_across_world_sizes_continues_the_same_run(tmp_path: Path, data_d
                 )
 
 
+def test_a_time_budget_stops_both_ranks_at_one_step_and_a_spent_run_resumes_to_no_step(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """train.budget_minutes under torchrun: the ranks share their elapsed time in each step's
+    all-reduce, so they stop at the same step (a rank that went on would wait in its next
+    collective until dist.timeout_s ends the job with an error) with the rates decayed to ~0."""
+    run = tmp_path / "run"
+    budget_s = 3.0
+    args = ["train", "--data", str(data_dir), "--run-dir", str(run), "--steps", "100000", *TINY]
+    limits = ["--set", f"train.budget_minutes={budget_s / 60}", "--set", "train.lr_decay=linear"]
+    quiet = ["--set", "log.checkpoint_every=100000", "--set", "dist.timeout_s=30"]
+    volgan(*args, *limits, *quiet)
+    (last,) = sorted((run / "checkpoints").glob("step_*.pt"))
+    state = torch.load(last, weights_only=True)
+    steps = state["step"]
+    assert 2 <= steps < 100000 and budget_s <= state["trained_seconds"] < budget_s + 10
+    log = (run / "train.log").read_text()
+    assert f"time budget reached at step {steps} " in log
+    # the last step's rate was set before that step's share of the budget was spent, so it is
+    # that share of the base rate 1e-4; a step of this 16³ model takes well under 0.1 s of the 3 s
+    lr_g = state["opt_g"]["param_groups"][0]["lr"]
+    assert 0 <= lr_g <= 1e-4 * 0.5, lr_g
+    volgan("train", "--data", str(data_dir), "--resume", str(run), *quiet)
+    assert sorted((run / "checkpoints").glob("step_*.pt")) == [last]  # trained nothing, wrote nothing
+    assert "time budget already spent" in (run / "train.log").read_text()
+
+
 def test_env_context_and_batch_split() -> None:
     ctx = distributed.DistContext(rank=1, world_size=4)
     assert ctx.rows(8) == slice(2, 4) and not ctx.is_main and ctx.enabled

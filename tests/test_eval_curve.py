@@ -64,3 +64,24 @@ def test_reference_spread_is_the_fd_between_the_halves_of_each_split(setup: Setu
     tiny = Labelled(real.volumes[:3], real.labels[:3], real.class_names, "three volumes")
     with pytest.raises(ValueError, match="three volumes: 3 volumes are too few"):
         reference_spread(judge, tiny, n_splits=1)
+
+
+def test_voxel_intensity_w1_sees_blur_next_to_its_real_vs_real_reference(setup: Setup) -> None:
+    """A blurred copy of good samples has grey voxels where the real volumes have none: the curve's
+    w1_intensity rises far above its real-vs-real reference, while the same samples unblurred stay
+    near it (the yardstick's early blobs scored a low judge FD this way)."""
+    from scipy.ndimage import gaussian_filter
+
+    judge, meta, real, fake = setup
+    sharp = curve_metrics(judge, meta, real, fake, seed=3, n_draws=2)
+    blurred = Labelled(
+        np.stack([gaussian_filter(v, sigma=1.5) for v in fake.volumes]).astype(np.float32),
+        fake.labels,
+        fake.class_names,
+        "blurred",
+    )
+    blur = curve_metrics(judge, meta, real, blurred, seed=3, n_draws=2)
+    ref = sharp["w1_intensity_ref"]
+    assert ref is not None and ref == blur["w1_intensity_ref"]  # the same split, the same reference
+    assert sharp["w1_intensity"] < 3 * ref
+    assert blur["w1_intensity"] > 3 * sharp["w1_intensity"] and blur["w1_intensity"] > 5 * ref

@@ -447,6 +447,9 @@ class Trainer:
         start, saved_at, trained_before = self.clock(), self.step, self.trained_seconds
         record = _Recorder(self, logger)
         over_budget = self.budget_spent() >= 1.0  # a resumed run whose budget is spent trains no step
+        if over_budget:
+            minutes = self.trained_seconds / 60
+            log.info("time budget already spent (%.1f min trained): no step to train", minutes)
         try:
             while self.step < target and not over_budget:
                 # 1. n_critic critic updates (WGAN-GP) or one discriminator update (3D-GAN), then one

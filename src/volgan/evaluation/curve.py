@@ -24,7 +24,7 @@ from volgan.evaluation.classifier import VolumeClassifier, extract_features
 from volgan.evaluation.evaluate import OVERALL, EvalSettings, Labelled, align_classes, evaluate
 
 # evaluate()'s overall distribution metrics that a curve point keeps, each with its real-vs-real "_ref"
-DISTRIBUTION_KEYS = ("fd", "precision", "recall", "density", "coverage")
+DISTRIBUTION_KEYS = ("fd", "precision", "recall", "density", "coverage", "w1_intensity")
 
 
 def correlation_diversity(volumes: np.ndarray, labels: np.ndarray, n_pairs: int = 50, seed: int = 0) -> float | None:
@@ -96,7 +96,8 @@ def curve_metrics(
     """The headline metrics of ``synthetic`` against the held-out ``real`` set, flat:
 
     ``fd``/``fd_ref``/``fd_ratio`` (FD and its real-vs-real reference), precision, recall, density,
-    coverage (each with ``_ref``), ``ms_ssim``/``ms_ssim_real`` (within-class diversity),
+    coverage, ``w1_intensity`` (voxel intensities: sees blur and grey values that a judge's
+    features may not; each with ``_ref``), ``ms_ssim``/``ms_ssim_real`` (within-class diversity),
     ``cond_acc``/``cond_acc_real`` (the judge's balanced accuracy) and
     ``diversity``/``diversity_real`` (:func:`correlation_diversity`). None where a metric is
     undefined for these set sizes.
