@@ -39,7 +39,7 @@ DEFAULT_YARDSTICK = HERE.parents[1] / "shared" / "bench" / "naive_cwgan.py"
 class Contender:
     """What a worker times: ``round()`` does one unit of work (``volumes`` volumes) on ``device``."""
 
-    round: Callable[[], None]
+    round: Callable[[], object]
     volumes: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
