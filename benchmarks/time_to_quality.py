@@ -12,8 +12,10 @@ Each contender trains for ``--minutes`` split into ``--points`` equal chunks, on
 another. After every chunk the generator (volgan: the EMA weights of the checkpoint, exactly as
 ``volgan sample`` loads them; the yardstick: its G) makes ``--n`` volumes per class, which get
 ``volgan evaluate``'s metrics against the held-out split: FD next to its real-vs-real reference,
-precision/recall/density/coverage, within-class MS-SSIM and 1 − voxel correlation (synthetic next
-to real) and the judge's conditional accuracy (synthetic next to real). The judge is trained once
+precision/recall/density/coverage, the voxel-intensity Wasserstein-1 next to its reference (no
+judge involved: it sees blur and grey values the judge's features can miss), within-class MS-SSIM
+and 1 − voxel correlation (synthetic next to real) and the judge's conditional accuracy (synthetic
+next to real). The judge is trained once
 per dataset on the training split and cached in ``--out``. Evaluation time is not training time.
 
 The real-vs-real reference comes from one random half split of the held-out set; with a few dozen
@@ -23,11 +25,14 @@ its spread over 20 splits first). ``--splits R`` averages every metric of a poin
 
 The yardstick (``../shared/bench/naive_cwgan.py``, ``--yardstick PATH``) trains on the same
 batches (volgan's batch size and data order) with its own schedule (``critic_step``'s n_critic).
-Writes ``OUT/time_to_quality.json`` (everything) and ``OUT/time_to_quality.png`` (the curves).
+Writes ``OUT/time_to_quality.json`` (everything), ``OUT/time_to_quality.png`` (the curves) and
+``OUT/time_to_quality_samples.png`` (a few volumes of each class at every point, the held-out ones
+on top).
 Every point's weights stay in ``OUT/runs/`` (volgan: the checkpoint its chunk ended with; the
 yardstick: ``runs/yardstick/point_K.pt``), so a finished run can be scored again on more splits
 without training: the same command with ``--rescore OUT/time_to_quality.json --splits 5`` (same
-``--out``, so the cached judge is reused) writes ``OUT/time_to_quality_rescored.{json,png}``.
+``--out``, so the cached judge is reused) writes ``OUT/time_to_quality_rescored.{json,png}`` and
+``OUT/time_to_quality_rescored_samples.png``.
 """
 
 from __future__ import annotations

@@ -87,8 +87,10 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
     for name, c in contenders.items():
         assert [p["point"] for p in c["points"]] == [1, 2], name
         for p in c["points"]:
-            for key in ("minutes", "fd", "fd_ref", "recall", "coverage", "ms_ssim", "cond_acc", "diversity"):
+            for key in ("minutes", "fd", "fd_ref", "recall", "coverage", "w1_intensity", "ms_ssim", "cond_acc"):
                 assert math.isfinite(p[key]), (name, key, p)
+            assert p["diversity"] is not None and math.isfinite(p["diversity"]), (name, p)
+            assert p["w1_intensity_ref"] < p["w1_intensity"], (name, p)  # an untrained generator is far
         assert c["points"][0]["steps"] <= c["points"][1]["steps"]
         for p in c["points"]:  # the mean over two real-vs-real splits, each split's reference kept
             assert p["fd_ref_min"] <= p["fd_ref"] <= p["fd_ref_max"], (name, p)
