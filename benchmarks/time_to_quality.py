@@ -15,8 +15,8 @@ another. After every chunk the generator (volgan: the EMA weights of the checkpo
 precision/recall/density/coverage, the voxel-intensity Wasserstein-1 next to its reference (no
 judge involved: it sees blur and grey values the judge's features can miss), within-class MS-SSIM
 and 1 − voxel correlation (synthetic next to real) and the judge's conditional accuracy (synthetic
-next to real). The judge is trained once
-per dataset on the training split and cached in ``--out``. Evaluation time is not training time.
+next to real). The judge is trained once per dataset on the training split and cached in
+``--out``. Evaluation time is not training time.
 
 The real-vs-real reference comes from one random half split of the held-out set; with a few dozen
 held-out volumes per half it varies by an order of magnitude from split to split (the run prints
@@ -264,25 +264,19 @@ def fullest_slices(volumes: np.ndarray, labels: np.ndarray, per_class: int) -> n
 
 
 def plot_samples(shown: list[tuple[str, np.ndarray]], real: np.ndarray, path: Path, title: str) -> None:
-    """One row per scored point (its first volumes of each class), the held-out volumes on top."""
-    import matplotlib
+    """One row per scored point (its first volumes of each class), the held-out volumes on top:
+    ``volgan.figures.save_image_grid``, slices oriented as volgan's other figures show them."""
+    from volgan.figures import save_image_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def images(slices: np.ndarray) -> list[np.ndarray]:  # [-1, 1] -> [0, 1], anterior at the top
+        return [np.clip((s.T[::-1] + 1) / 2, 0.0, 1.0) for s in slices]
 
-    rows = [("held-out (real)", real), *shown]
-    cols = max(len(s) for _, s in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows)), squeeze=False)
-    for ax_row, (label, slices) in zip(axes, rows, strict=True):
-        for j, ax in enumerate(ax_row):
-            ax.axis("off")
-            if j < len(slices):
-                ax.imshow(slices[j].T, cmap="gray", vmin=-1, vmax=1, origin="lower")
-        ax_row[0].set_title(label, fontsize=7, loc="left")
-    how = f"axial slice with the most foreground; {SHOWN_PER_CLASS} per class, classes left to right"
-    fig.suptitle(f"{title}\n{how}", fontsize=8)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    # "volgan (EMA, step 390, re-scored)" -> one short line each, so the row label fits its row
+    cells = {"held-out\nreal": images(real)}
+    cells |= {label.rstrip(")").replace(" (", "\n").replace(", ", "\n"): images(s) for label, s in shown}
+    how = f"axial slice with the most foreground; the first {SHOWN_PER_CLASS} of each class, classes left to right"
+    cols = max(len(v) for v in cells.values())
+    save_image_grid(cells, path, cell_size_in=(1.5, 1.5), title=f"{title}\n{how}", column_titles=[""] * cols)
 
 
 def volgan_volumes(checkpoint: Path | str, score: Scorer, a: argparse.Namespace, device: Any) -> np.ndarray:
