@@ -365,3 +365,84 @@ def test_budget_minutes_ends_the_run_and_its_lr_decay_over_resumes(tmp_path: Pat
     assert_same_weights(straight, resumed)
     spent = trainer("split", resume=tmp_path / "split")
     assert spent.fit().step == 4
+
+
+def critic_updates_per_step(tr: Trainer) -> list[int]:
+    """Wraps ``tr``'s critic optimiser: the returned list gets, per generator step taken after this,
+    the number of critic updates before it."""
+    counts: list[int] = []
+    d_step, train_step = tr.opt_d.step, tr.train_step
+
+    def counted_d_step(*args: Any, **kwargs: Any) -> Any:
+        counts[-1] += 1
+        return d_step(*args, **kwargs)
+
+    def counted_train_step() -> dict[str, float]:
+        counts.append(0)
+        return train_step()
+
+    tr.opt_d.step = counted_d_step  # type: ignore[method-assign]
+    tr.train_step = counted_train_step  # type: ignore[method-assign]
+    return counts
+
+
+def test_n_critic_start_holds_for_its_part_of_the_steps_or_of_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """train.n_critic_start: that many critic steps per generator step while the run is less than
+    train.n_critic_until done (by steps, or by the time budget when it is further along), then
+    train.n_critic; the default penalty stays on the first critic step of each generator step."""
+    from volgan import updates
+
+    penalties: list[int] = []
+    real_penalty = updates.gradient_penalty
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        penalties.append(tr.step)
+        return real_penalty(*args, **kwargs)
+
+    monkeypatch.setattr(updates, "gradient_penalty", counted)
+    data = tiny_data()
+    by_steps = {"steps": 4, "n_critic_start": 1, "n_critic": 3, "n_critic_until": 0.5}
+    tr = Trainer(tiny_config(tmp_path / "steps", train=by_steps), data)
+    counts = critic_updates_per_step(tr)
+    with caplog.at_level("INFO", logger="volgan"):
+        tr.fit()
+    assert counts == [1, 1, 3, 3]  # done 0, 1/4 of the steps: < 1/2; 2/4, 3/4: >= 1/2
+    assert penalties == [0, 1, 2, 3]
+    assert "step 3: 3 critic steps per generator step from here on" in caplog.text
+    assert ckpt.load_checkpoint(tmp_path / "steps" / "checkpoints" / "step_00000004.pt")["critic_steps"] == 8
+
+    # by the clock: 1 s per step of a 4 s budget, long before step 100
+    by_budget = {"steps": 100, "budget_minutes": 4 / 60, "n_critic_start": 3, "n_critic": 1, "n_critic_until": 0.75}
+    tr = Trainer(tiny_config(tmp_path / "budget", train=by_budget), data)
+    tr.clock = OneSecondPerReading()
+    counts = critic_updates_per_step(tr)
+    assert tr.fit().step == 4
+    assert counts == [3, 3, 3, 1]
+
+    # without it: n_critic throughout
+    tr = Trainer(tiny_config(tmp_path / "plain", train={"steps": 3, "n_critic": 2}), data)
+    counts = critic_updates_per_step(tr)
+    tr.fit()
+    assert counts == [2, 2, 2]
+
+
+def test_n_critic_start_resumes_on_the_lazy_penalty_schedule_and_is_checked(tmp_path: Path) -> None:
+    """The lazy penalty counts critic steps over the run; with a changing n_critic the count is in
+    the checkpoint (3 after one step here, where step × n_critic would be 4 and move the penalty),
+    so a run stopped before the switch resumes bit for bit."""
+    train = {"steps": 4, "n_critic_start": 3, "n_critic": 4, "n_critic_until": 0.5, "gp_every": 2}
+    straight = assert_resumes_exactly(tmp_path, train, stop_after=1)
+    assert straight.critic_steps == 3 + 3 + 4 + 4
+    with pytest.raises(VolganError, match=r"train\.gp_every: 3 is more than train\.n_critic_start \(2\)"):
+        tiny_config(tmp_path / "bad", train={"n_critic_start": 2, "n_critic": 5, "gp_every": 3})
+    with pytest.raises(VolganError, match=r"train\.n_critic_start: critic steps are only for family wgan_gp"):
+        tiny_config(tmp_path / "dcgan", model={"family": "dcgan"}, train={"n_critic_start": 2})
+    # a checkpoint from before the count: every step followed n_critic critic steps
+    resumed_state = ckpt.load_checkpoint(ckpt.newest_checkpoint(tmp_path / "split"))
+    del resumed_state["critic_steps"]
+    plain = Trainer(
+        tiny_config(tmp_path / "split", train=train), tiny_data(), resume=tmp_path / "split", resume_state=resumed_state
+    )
+    assert plain.critic_steps == 4 * 4
