@@ -366,7 +366,6 @@ def training_state(tr: Trainer) -> dict[str, Any]:
         "ema": tr.ema.ready(seed=tr.cfg.seed).state_dict(),
         "ema_updates": tr.ema.updates,
         "trained_seconds": tr.trained_seconds,
-        "critic_steps": tr.critic_steps,
         "opt_g": tr.opt_g.state_dict(),
         "opt_d": tr.opt_d.state_dict(),
         "rng": tr.rng.state(),
@@ -411,8 +410,6 @@ def restore_training_state(tr: Trainer, where: Path, state: dict[str, Any] | Non
     tr.ema.mark_calibrated()
     tr.step = int(state["step"])
     tr.trained_seconds = float(state.get("trained_seconds", 0.0))  # absent before train.budget_minutes
-    # absent before train.n_critic_start, when every generator step followed n_critic critic steps
-    tr.critic_steps = int(state.get("critic_steps", tr.step * tr.cfg.train.n_critic))
     tr.stream = BatchStream(len(tr.data.labels), tr.cfg.train.batch_size, tr.cfg.seed, **state["data_state"])
     tr.rng.load(state["rng"])
     tr.last_checkpoint = path

@@ -151,12 +151,6 @@ class TrainConfig(_Section):
     steps: int = Field(10000, ge=1)
     batch_size: int = Field(4, ge=1)
     n_critic: int = Field(5, ge=1)
-    # critic steps per generator step in the first n_critic_until of the run (then n_critic);
-    # null = n_critic throughout
-    n_critic_start: int | None = Field(None, ge=1)
-    # the part of the run (of train.steps, or of train.budget_minutes if that is further along)
-    # that trains with n_critic_start
-    n_critic_until: float = Field(0.25, gt=0, le=1)
     gp_weight: float = Field(10.0, ge=0)
     # lazy regularisation (Karras et al. 2020): the penalty on every k-th critic step, weighted k;
     # null: once per generator step (k = n_critic)
@@ -334,14 +328,9 @@ class Config(_Section):
                 "model.mapping_layers: only for family wgan_gp (its instance norms take the style; the 3D-GAN "
                 "generator uses BatchNorm)"
             )
-        t = self.train
-        if t.n_critic_start is not None and self.model.family != "wgan_gp":
-            raise ValueError("train.n_critic_start: critic steps are only for family wgan_gp")
-        fewest = min(t.n_critic, t.n_critic_start or t.n_critic)
-        if t.gp_every is not None and t.gp_every > fewest:
-            key = "train.n_critic" if fewest == t.n_critic else "train.n_critic_start"
+        if self.train.gp_every is not None and self.train.gp_every > self.train.n_critic:
             raise ValueError(
-                f"train.gp_every: {t.gp_every} is more than {key} ({fewest}); "
+                f"train.gp_every: {self.train.gp_every} is more than train.n_critic ({self.train.n_critic}); "
                 "every generator step must follow at least one penalised critic step"
             )
         self._check_growth()

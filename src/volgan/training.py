@@ -169,8 +169,6 @@ class Trainer:
         self.augment = DiffAugment3d(a, value_range) if a.enabled else None
         self.ada = AdaptiveP(a) if a.enabled and a.adaptive else None
         self.step = 0
-        self.critic_steps = 0  # critic updates so far (the lazy penalty's count; n_critic may change)
-        self._n_critic_seen: int | None = None  # to log the step where train.n_critic_start ends
         # wall-clock seconds this run has trained, over all its fit() calls and resumes
         # (train.budget_minutes); read from ``clock``, which tests replace
         self.trained_seconds = 0.0
@@ -262,11 +260,6 @@ class Trainer:
         d = self.discriminator
         self._set_growth()
         self._set_learning_rates()
-        if isinstance(d, Critic) and self.cfg.train.n_critic_start is not None:
-            n = self.n_critic()
-            if self._n_critic_seen is not None and n != self._n_critic_seen:
-                log.info("step %d: %d critic steps per generator step from here on", self.step + 1, n)
-            self._n_critic_seen = n
         values = updates.wgan_gp_step(self, d) if isinstance(d, Critic) else updates.dcgan_step(self, d)
         self.step += 1
         if self.augment is not None:
@@ -289,24 +282,10 @@ class Trainer:
         t = self.cfg.train
         if t.lr_decay == "none":
             return
-        scale = 1.0 - self.progress()
+        scale = 1.0 - max(self.step / t.steps, self.budget_spent())
         for opt, base in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = base * scale
-
-    def progress(self) -> float:
-        """The part of the run done: step / train.steps, or the part of train.budget_minutes spent if
-        that is larger (0 at the start, 1 at the end). The learning-rate decay and the critic-step
-        schedule read it; step and trained seconds are in every checkpoint and equal on every rank."""
-        return max(self.step / self.cfg.train.steps, self.budget_spent())
-
-    def n_critic(self) -> int:
-        """Critic steps before this generator step: train.n_critic_start in the first
-        train.n_critic_until of the run (:meth:`progress`), train.n_critic after it."""
-        t = self.cfg.train
-        if t.n_critic_start is None or self.progress() >= t.n_critic_until:
-            return t.n_critic
-        return t.n_critic_start
 
     def budget_spent(self) -> float:
         """The part of train.budget_minutes this run has trained (0 without a budget; 1 = spent)."""

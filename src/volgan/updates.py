@@ -1,10 +1,10 @@
 """One iteration of each family: what happens between two generator steps, beside the losses it uses.
 
-``wgan_gp_step``: ``n_critic`` critic updates (``train.n_critic_start`` early in a run; Wasserstein
-loss, drift, and on every ``train.gp_every``-th of them the gradient penalty, weighted ``gp_every``;
-by default on the first of each generator step's critic steps), then one generator update.
-``dcgan_step``: one discriminator update (binary cross-entropy; skipped while the discriminator's
-batch accuracy is above ``train.d_acc_threshold``, the 3D-GAN gate), then one generator update. Both take the
+``wgan_gp_step``: ``n_critic`` critic updates (Wasserstein loss, drift, and on every
+``train.gp_every``-th of them the gradient penalty, weighted ``gp_every``; by default on the first
+of each generator step's critic steps), then one generator update. ``dcgan_step``: one
+discriminator update (binary cross-entropy; skipped while the discriminator's batch accuracy is
+above ``train.d_acc_threshold``, the 3D-GAN gate), then one generator update. Both take the
 :class:`~volgan.training.Trainer` for its networks, optimisers and random draws; the generator
 update ends with the EMA update (``Trainer.generator_update``).
 """
@@ -39,8 +39,8 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
     t, g = tr.cfg.train, tr.generator
     labels = None
     penalties = []
-    n_critic = tr.n_critic()
-    for i in range(n_critic):
+    every = t.gp_every or t.n_critic
+    for i in range(t.n_critic):
         real, labels = tr.real_batch()
         b = real.shape[0]
         with torch.no_grad(), tr.amp():
@@ -58,12 +58,8 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
         w_loss = critic_loss(real_scores, fake_scores)
         loss_d = w_loss + t.drift_weight * drift_penalty(real_scores)
         # Lazy regularisation: the penalty on every gp_every-th critic step of the run (counted
-        # across generator steps, so resuming keeps the schedule), weighted gp_every; by default
-        # (null) on the first critic step of each generator step, weighted by their number.
-        every = t.gp_every or n_critic
-        due = i == 0 if t.gp_every is None else tr.critic_steps % every == 0
-        tr.critic_steps += 1
-        if due:
+        # across generator steps, so resuming keeps the schedule), weighted gp_every.
+        if (tr.step * t.n_critic + i) % every == 0:
             alpha = tr.draw(torch.rand)
             # The penalty's pass runs in float32 even under AMP: it differentiates the critic twice
             # and its target (a gradient norm of 1) is a precision-sensitive quantity.
