@@ -183,6 +183,7 @@ def judge_for(ds: Dataset, a: argparse.Namespace, device: torch.device) -> tuple
         "n_train": len(ds.train.labels),
         "classes": ds.train.class_names,
         "epochs": a.judge_epochs,
+        "kept_epoch": "best balanced held-out accuracy",  # a judge kept by plain accuracy is retrained
     }
     if (folder / "classifier.pt").exists():
         judge, meta = load_classifier(folder)
@@ -203,12 +204,17 @@ def judge_for(ds: Dataset, a: argparse.Namespace, device: torch.device) -> tuple
         "batch_size": 16,
         "lr": 1e-3,
         "held_out_accuracy": report.val_accuracy,
+        "held_out_balanced_accuracy": report.val_balanced_accuracy,
         "n_train": report.n_train,
         "seconds": round(time.perf_counter() - t0, 1),
         "time_to_quality": key,
     }
     save_classifier(folder, judge, meta)
-    print(f"judge: trained in {meta['seconds']} s, held-out accuracy {report.val_accuracy}", file=sys.stderr)
+    print(
+        f"judge: trained in {meta['seconds']} s, held-out accuracy {report.val_accuracy} "
+        f"(balanced {report.val_balanced_accuracy})",
+        file=sys.stderr,
+    )
     return judge.eval(), meta
 
 
@@ -596,7 +602,9 @@ def main() -> None:
             "n_train": ds.train.class_counts(),
             "n_held_out": {c: int((ds.held_out.labels == k).sum()) for k, c in enumerate(ds.held_out.class_names)},
         },
-        "judge": {k: meta.get(k) for k in ("held_out_accuracy", "epochs", "n_train", "seconds")},
+        "judge": {
+            k: meta.get(k) for k in ("held_out_accuracy", "held_out_balanced_accuracy", "epochs", "n_train", "seconds")
+        },
         "settings": {
             "minutes": a.minutes,
             "points": a.points,

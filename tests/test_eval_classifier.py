@@ -14,6 +14,7 @@ from volgan.evaluation.classifier import (
     VolumeClassifier,
     accuracy,
     augment_batch,
+    balanced_accuracy,
     extract_features,
     load_classifier,
     load_feature_network,
@@ -132,6 +133,80 @@ def test_imbalanced_labels_do_not_collapse_to_the_majority(fresh_phantoms: tuple
     assert report.val_accuracy is None and report.n_val == 0
     # Unweighted cross-entropy scores 0.0 on the lesion class here with every seed tried.
     assert per_class_accuracy(model, *fresh_phantoms)[1] > 0.5
+
+
+def test_balanced_accuracy_gives_a_constant_guess_chance_however_imbalanced() -> None:
+    labels = np.array([0] * 78 + [1] * 22)
+    majority = np.zeros_like(labels)
+    assert float((majority == labels).mean()) == pytest.approx(0.78)  # what plain accuracy would keep
+    assert balanced_accuracy(majority, labels) == pytest.approx(0.5)
+    assert balanced_accuracy(labels, labels) == 1.0
+    half = labels.copy()
+    half[78:89] = 0  # 11 of the 22 minority volumes called majority
+    assert balanced_accuracy(half, labels) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="at least one label"):
+        balanced_accuracy(np.array([], dtype=np.int64), np.array([], dtype=np.int64))
+
+
+def test_kept_epoch_is_the_best_balanced_one_not_the_best_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The held-out scores are scripted: epoch 1 calls all 10 held-out volumes the majority class
+    # (plain 0.9, balanced 0.5), epoch 2 gets the minority one and 7 of the 9 others (plain 0.8,
+    # balanced 0.89). Selecting by plain accuracy would keep epoch 1's weights.
+    import volgan.evaluation.classifier as clf
+
+    volumes, labels = make_phantom_set(10, 16, seed=0)
+    held_out = (volumes[np.r_[0:9, 10]], labels[np.r_[0:9, 10]])
+    scripted = {1: [0] * 9 + [0], 2: [0] * 7 + [1, 1] + [1]}
+    epoch = {"n": 0}
+    real_run = clf._run
+
+    def run(fn: Any, module: Any, vols: np.ndarray, batch_size: int, device: Any) -> torch.Tensor:
+        if len(vols) == 10 and epoch["n"] in scripted:
+            return torch.nn.functional.one_hot(torch.tensor(scripted[epoch["n"]]), 2).float()
+        return real_run(fn, module, vols, batch_size, device)
+
+    monkeypatch.setattr(clf, "_run", run)
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def after_epoch(stats: dict[str, Any]) -> None:
+        snapshots.append({k: v.clone() for k, v in model_box[0].state_dict().items()})
+        epoch["n"] = stats["epoch"] + 1
+
+    model_box: list[VolumeClassifier] = []
+    real_init = VolumeClassifier.__init__
+
+    def init(self: VolumeClassifier, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        model_box.append(self)
+
+    monkeypatch.setattr(VolumeClassifier, "__init__", init)
+    epoch["n"] = 1
+    seen: list[dict[str, Any]] = []
+    model, _ = train_classifier(
+        volumes[10:],
+        labels[10:],
+        3,
+        epochs=2,
+        batch_size=8,
+        width=4,
+        val_set=held_out,
+        log_every_epoch=lambda s: (seen.append(s), after_epoch(s)),
+    )
+    assert [round(s["val_accuracy"], 3) for s in seen] == [0.9, 0.8]
+    assert [round(s["val_balanced_accuracy"], 3) for s in seen] == [0.5, 0.889]
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], snapshots[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], snapshots[0][k]) for k in kept)
+
+
+def test_a_judge_at_chance_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    # Identical volumes in both classes: every prediction is the same class, whatever training does.
+    volumes = np.full((24, 16, 16, 16), -1.0, dtype=np.float32)
+    labels = np.array([0] * 18 + [1] * 6)
+    with caplog.at_level("WARNING", logger="volgan"):
+        _, report = train_classifier(volumes, labels, 2, epochs=2, batch_size=8, width=4, val_fraction=0.25, seed=0)
+    assert report.val_balanced_accuracy == pytest.approx(0.5)
+    assert "no better than chance" in caplog.text
 
 
 def test_val_set_callback_and_time_limit(phantoms: tuple[np.ndarray, np.ndarray]) -> None:

@@ -60,10 +60,11 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         device=_device(args.device),
         max_minutes=args.max_minutes,
         log_every_epoch=lambda r: log.info(
-            "epoch %d: train loss %.4f, held-out accuracy %s",
+            "epoch %d: train loss %.4f, held-out accuracy %s (balanced %s)",
             r["epoch"],
             r["train_loss"],
             "–" if r.get("val_accuracy") is None else f"{r['val_accuracy']:.3f}",
+            "–" if r.get("val_balanced_accuracy") is None else f"{r['val_balanced_accuracy']:.3f}",
         ),
     )
     meta: dict[str, Any] = {
@@ -78,6 +79,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "train_accuracy": report.train_accuracy,
         "held_out_accuracy": report.val_accuracy,
+        "held_out_balanced_accuracy": report.val_balanced_accuracy,
         "held_out_per_class": {data.class_names[k]: v for k, v in report.per_class_val_accuracy.items()},
         "n_train": report.n_train,
         "n_held_out": report.n_val,
@@ -85,6 +87,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     }
     path = save_classifier(args.out, model, meta)
     held_out = "–" if report.val_accuracy is None else f"{report.val_accuracy:.3f}"
+    if report.val_balanced_accuracy is not None:
+        held_out += f" (balanced {report.val_balanced_accuracy:.3f}, the kept epoch's criterion)"
     print(
         f"classifier: {path}\n  classes {data.class_names}, {report.n_train} training / {report.n_val} held-out "
         f"volumes, {report.epochs_run} epochs\n  accuracy: train {report.train_accuracy:.3f}, held-out {held_out}"
