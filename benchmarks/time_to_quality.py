@@ -188,7 +188,11 @@ def judge_for(ds: Dataset, a: argparse.Namespace, device: torch.device) -> tuple
     if (folder / "classifier.pt").exists():
         judge, meta = load_classifier(folder)
         if meta.get("time_to_quality") == key and meta["size"] == ds.data_cfg.size:
-            print(f"judge: reusing {folder} (held-out accuracy {meta.get('held_out_accuracy')})", file=sys.stderr)
+            print(
+                f"judge: reusing {folder} (held-out accuracy {meta.get('held_out_accuracy')}, "
+                f"balanced {meta.get('held_out_balanced_accuracy')})",
+                file=sys.stderr,
+            )
             return judge, meta
     t0 = time.perf_counter()
     vols = np.asarray(ds.train.volumes)

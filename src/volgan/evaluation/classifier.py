@@ -264,8 +264,10 @@ def train_classifier(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    per_class = per_class_accuracy(model, val_x, val_y, device=device) if len(val_y) else {}
-    balanced = float(np.mean(list(per_class.values()))) if per_class else None
+    # One pass over the held-out set gives its plain, per-class and balanced accuracy.
+    val_pred = predict(model, val_x, device=device) if len(val_y) else None
+    per_class = _per_class(val_pred, val_y) if val_pred is not None else {}
+    balanced = balanced_accuracy(val_pred, val_y) if val_pred is not None else None
     present = len(per_class)
     if balanced is not None and present > 1 and balanced <= 1.0 / present + 0.02:
         log.warning(
@@ -277,7 +279,7 @@ def train_classifier(
     # Predicting on all volumes and picking the training ones avoids copying a memory-mapped set.
     report = ClassifierReport(
         train_accuracy=float((predict(model, volumes, device=device)[train_idx] == train_y).mean()),
-        val_accuracy=accuracy(model, val_x, val_y, device=device) if len(val_y) else None,
+        val_accuracy=float((val_pred == val_y).mean()) if val_pred is not None else None,
         per_class_val_accuracy=per_class,
         epochs_run=epoch,
         n_train=len(train_y),
