@@ -156,10 +156,11 @@ def test_kept_epoch_is_the_best_balanced_one_not_the_best_plain_one(monkeypatch:
 
     volumes, labels = make_phantom_set(10, 16, seed=0)
     held_out = (volumes[np.r_[0:9, 10]], labels[np.r_[0:9, 10]])
-    scripted = [[0] * 9 + [0], [0] * 7 + [1, 1] + [1]]
+    scripted = [[0] * 10, [0] * 7 + [1, 1, 1]]  # predictions for held-out labels [0] * 9 + [1]
     real_run = clf._run
     trained: list[nn.Module] = []  # the model being trained, as training's held-out pass hands it over
     snapshots: list[dict[str, torch.Tensor]] = []  # its weights after each epoch
+    seen: list[dict[str, Any]] = []  # each epoch's stats
 
     def run(fn: Any, module: Any, vols: np.ndarray, batch_size: int, device: Any) -> torch.Tensor:
         if len(vols) == 10 and len(snapshots) < len(scripted):  # epoch len(snapshots) + 1's held-out pass
@@ -172,7 +173,6 @@ def test_kept_epoch_is_the_best_balanced_one_not_the_best_plain_one(monkeypatch:
         snapshots.append({k: v.clone() for k, v in trained[0].state_dict().items()})
 
     monkeypatch.setattr(clf, "_run", run)
-    seen: list[dict[str, Any]] = []
     model, _ = train_classifier(
         volumes[10:], labels[10:], 3, epochs=2, batch_size=8, width=4, val_set=held_out, log_every_epoch=after_epoch
     )
