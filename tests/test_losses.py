@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from volgan.losses import critic_loss, generator_loss, gradient_penalty, mode_seeking_loss
@@ -63,3 +64,20 @@ def test_mode_seeking_loss_leaves_an_odd_volume_out_and_is_zero_without_pairs() 
     fake, z = torch.tensor([[0.0], [2.0], [9.0]]), torch.tensor([[0.0], [1.0], [5.0]])
     torch.testing.assert_close(mode_seeking_loss(fake, z, eps=0.0), torch.tensor(0.5))  # pair (0, 1) only
     assert mode_seeking_loss(fake[:1], z[:1]).item() == 0.0
+
+
+def test_pooled_mode_seeking_loss_ignores_voxel_noise_but_not_a_difference_of_shape() -> None:
+    """Two volumes of one shape that differ by independent voxel noise look far apart voxelwise and
+    close on 4³-block means; two different shapes stay apart either way."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.tensor([[0.0], [1.0]])
+    shape = -torch.ones(1, 1, 16, 16, 16)
+    shape[..., 4:12, 4:12, 4:12] = 1.0
+    noisy = shape.repeat(2, 1, 1, 1, 1) + 0.3 * torch.randn(2, 1, 16, 16, 16, generator=gen)
+    assert mode_seeking_loss(noisy, z, pool=4) > 3 * mode_seeking_loss(noisy, z)
+    moved = torch.cat([shape, shape.roll(4, dims=2)])  # the same box, moved by 4 voxels
+    torch.testing.assert_close(mode_seeking_loss(moved, z, pool=4), mode_seeking_loss(moved, z), rtol=0.05, atol=0)
+    # a grid smaller than the pool is averaged whole, not refused
+    assert torch.isfinite(mode_seeking_loss(noisy[..., :2, :2, :2], z, pool=4))
+    with pytest.raises(ValueError, match="pool needs volumes"):
+        mode_seeking_loss(torch.zeros(2, 8), z, pool=2)

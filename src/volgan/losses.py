@@ -38,18 +38,28 @@ def generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.mean()
 
 
-def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5, pool: int = 1) -> torch.Tensor:
     """Mode-seeking term (Mao et al. 2019) over adjacent pairs (0, 1), (2, 3), … of a batch whose pairs
     share a class: 1 / (mean |G(z_a) − G(z_b)| / mean |z_a − z_b| + eps), one ratio per pair, averaged.
 
     A generator that maps different latents of a class to the same volume makes the ratio ~0 and
     this term large, so minimising it pushes latents apart in volume space. fake: (B, …), z: (B, L)
     -> scalar; an odd last volume has no partner and is left out; a batch of one gives 0.
+
+    pool > 1 (fake (B, C, D, H, W) only): the distance between the pair's volumes averaged over
+    pool³ blocks (fewer where the grid is smaller), so independent voxel noise, which raises the
+    voxelwise distance at no cost to the critic's verdict, averages out and only differences of
+    shape count.
     """
     pairs = fake.shape[0] // 2
     if pairs == 0:
         return fake.new_zeros((), dtype=torch.float32)
-    flat = fake.float().flatten(1)[: 2 * pairs]
+    fake = fake.float()
+    if pool > 1:
+        if fake.dim() != 5:
+            raise ValueError(f"pool needs volumes (B, C, D, H, W), got shape {tuple(fake.shape)}")
+        fake = torch.nn.functional.avg_pool3d(fake, min(pool, *fake.shape[2:]))
+    flat = fake.flatten(1)[: 2 * pairs]
     fa, fb = flat[0::2], flat[1::2]
     za, zb = z.float()[0 : 2 * pairs : 2], z.float()[1 : 2 * pairs : 2]
     ratio = (fa - fb).abs().mean(dim=1) / (za - zb).abs().mean(dim=1)
