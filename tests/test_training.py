@@ -216,6 +216,18 @@ def test_mode_seeking_pairs_classes_and_trains(tmp_path: Path) -> None:
     assert np.isfinite(odd.train_step()["loss_g"])
 
 
+def test_mode_seeking_pool_reaches_the_generator_loss(tmp_path: Path) -> None:
+    """Same seed and batch, the term's distance voxelwise or on 2³-block means: the critic's steps
+    are the same, the generator's loss is not (block means shrink the distance, so the term grows)."""
+    losses = {}
+    for pool in (1, 2):
+        train = {"batch_size": 4, "mode_seeking": 1.0, "mode_seeking_pool": pool}
+        cfg = tiny_config(tmp_path / f"p{pool}", train=train)
+        losses[pool] = Trainer(cfg, tiny_data()).train_step()
+    assert losses[1]["loss_d"] == pytest.approx(losses[2]["loss_d"], rel=1e-6)
+    assert losses[2]["loss_g"] > losses[1]["loss_g"]
+
+
 def test_wgan_gp_trains_with_the_critic_minibatch_stddev(tmp_path: Path) -> None:
     trainer = Trainer(
         tiny_config(tmp_path / "run", model={"minibatch_std": True}, train={"batch_size": 4}), tiny_data()
