@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config, tiny_data
 from volgan import checkpoint as ckpt
 from volgan.data.stream import BatchStream
-from volgan.errors import CheckpointError, VolganError
+from volgan.errors import CheckpointError, ConfigError, VolganError
 from volgan.training import Trainer, TrainingDiverged
 
 
@@ -226,6 +226,29 @@ def test_mode_seeking_pool_reaches_the_generator_loss(tmp_path: Path) -> None:
         losses[pool] = Trainer(cfg, tiny_data()).train_step()
     assert losses[1]["loss_d"] == pytest.approx(losses[2]["loss_d"], rel=1e-6)
     assert losses[2]["loss_g"] > losses[1]["loss_g"]
+
+
+def test_mode_seeking_end_moves_the_weight_along_the_run_and_into_the_generator_loss(tmp_path: Path) -> None:
+    """train.steps 4, weight 1 -> 0: 1, 0.75, 0.5, ... by step. Against the constant weight the
+    first step is the same and the second step's critic too (same generator so far); its generator
+    loss is not (the term enters at 0.75, not 1)."""
+    runs = {}
+    for end in (None, 0.0):
+        train = {"batch_size": 4, "steps": 4, "mode_seeking": 1.0, "mode_seeking_end": end}
+        trainer = Trainer(tiny_config(tmp_path / f"e{end}", train=train), tiny_data())
+        weights, losses = [], []
+        for _ in range(2):
+            weights.append(trainer.mode_seeking_weight())
+            losses.append(trainer.train_step())
+        runs[end] = weights, losses
+    assert runs[None][0] == [1.0, 1.0]
+    assert runs[0.0][0] == [1.0, pytest.approx(0.75)]
+    (_, constant), (_, falling) = runs[None], runs[0.0]
+    assert constant[0] == pytest.approx(falling[0], rel=1e-6)
+    assert constant[1]["loss_d"] == pytest.approx(falling[1]["loss_d"], rel=1e-6)
+    assert constant[1]["loss_g"] != pytest.approx(falling[1]["loss_g"], rel=1e-6)
+    with pytest.raises(ConfigError, match=r"train\.mode_seeking_end: needs train\.mode_seeking > 0"):
+        tiny_config(tmp_path / "off", train={"mode_seeking": 0.0, "mode_seeking_end": 0.5})
 
 
 def test_wgan_gp_trains_with_the_critic_minibatch_stddev(tmp_path: Path) -> None:

@@ -326,7 +326,7 @@ def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
 
 
 # train keys newer than some checkpoints, with the value every run before them trained with
-_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "gp_every": 1, "mode_seeking_pool": 1}
+_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "gp_every": 1, "mode_seeking_pool": 1, "mode_seeking_end": None}
 
 
 def saved_config(state: dict[str, Any]) -> dict[str, Any]:

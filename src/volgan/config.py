@@ -185,6 +185,10 @@ class TrainConfig(_Section):
     # the term's distance between a pair's volumes on pool³-block means (1 = voxelwise, Mao et al.);
     # 4 measured worse at 32³ (README, "A quarter of the mode-seeking term")
     mode_seeking_pool: int = Field(1, ge=1)
+    # the term's weight at the end of the run (train.steps, or train.budget_minutes if it comes
+    # first), reached linearly from train.mode_seeking as train.lr_decay "linear" reaches 0; unset:
+    # the weight stays train.mode_seeking throughout
+    mode_seeking_end: float | None = Field(None, ge=0)
     # progressive growing (model.grow_from): generator steps at each grid below data.size, coarse
     # first (one number: the same for each), and the steps over which each finer grid fades in
     grow_steps: int | list[int] = Field(1000)
@@ -335,6 +339,10 @@ class Config(_Section):
             raise ValueError(
                 f"train.gp_every: {self.train.gp_every} is more than train.n_critic ({self.train.n_critic}); "
                 "every generator step must follow at least one penalised critic step"
+            )
+        if self.train.mode_seeking_end is not None and not self.train.mode_seeking:
+            raise ValueError(
+                "train.mode_seeking_end: needs train.mode_seeking > 0, the weight the schedule starts from"
             )
         self._check_growth()
         return self

@@ -282,10 +282,23 @@ class Trainer:
         t = self.cfg.train
         if t.lr_decay == "none":
             return
-        scale = 1.0 - max(self.step / t.steps, self.budget_spent())
+        scale = 1.0 - self.part_done()
         for opt, base in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = base * scale
+
+    def part_done(self) -> float:
+        """The part of the run done: step / train.steps, or the part of train.budget_minutes spent
+        if that is larger (0 at the start, 1 at the end)."""
+        return min(1.0, max(self.step / self.cfg.train.steps, self.budget_spent()))
+
+    def mode_seeking_weight(self) -> float:
+        """This step's weight of the mode-seeking term: train.mode_seeking, or with
+        train.mode_seeking_end the straight line between the two over the part of the run done."""
+        t = self.cfg.train
+        if t.mode_seeking_end is None:
+            return t.mode_seeking
+        return t.mode_seeking + (t.mode_seeking_end - t.mode_seeking) * self.part_done()
 
     def budget_spent(self) -> float:
         """The part of train.budget_minutes this run has trained (0 without a budget; 1 = spent)."""
