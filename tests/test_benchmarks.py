@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -145,3 +146,57 @@ def test_samples_figure_shows_the_slice_with_the_most_foreground_of_the_first_vo
     expected = np.stack([vols[i][:, :, z] for i, z in ((1, 2), (3, 7), (0, 1), (2, 6))])
     np.testing.assert_array_equal(slices, expected)
     assert slices[:, 2:5, 3:6].min() == 1.0  # every shown slice holds its object
+
+
+def curve_file(path: Path, seed: int, contenders: dict[str, list[float]], ref: float = 0.02, top: float = 1.5) -> Path:
+    """A time_to_quality.json with FD / reference at each point, every split's reference <= top × ref."""
+
+    def points(ratios: list[float]) -> list[dict[str, float]]:
+        return [
+            {"point": i + 1, "minutes": 5.0 * (i + 1), "fd": r * ref, "fd_ratio": r}
+            | {"fd_ref": ref, "fd_ref_max": top * ref}
+            for i, r in enumerate(ratios)
+        ]
+
+    result = {
+        "settings": {"seed": seed},
+        "reference_spread": {"q90": 2 * ref},
+        "contenders": {name: {"kind": "volgan", "points": points(r)} for name, r in contenders.items()},
+    }
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_compare_curves_calls_a_point_a_tie_only_where_both_are_as_close_as_real_halves(tmp_path: Path) -> None:
+    files = [
+        curve_file(tmp_path / "a0.json", 0, {"ours": [0.9, 1.2, 3.0]}),
+        curve_file(tmp_path / "b0.json", 0, {"yardstick": [40.0, 1.0, 2.0]}),
+        curve_file(tmp_path / "s1.json", 1, {"renamed": [1.6, 0.5], "yardstick": [1.7, 0.4]}),
+    ]
+    out = run("compare_curves.py", "ours,renamed=cpu_fast", "yardstick", *map(str, files))
+    verdicts = [line.split(None, 7)[-1] for line in out.splitlines() if re.match(r"^\s+[01]\s+\d\s", line)]
+    # seed 0: 0.9 vs 40 ahead; 1.2 vs 1.0 both <= 1.5 (the highest real-vs-real FD): a tie, B lower;
+    # 3.0 vs 2.0 behind. seed 1: 1.6 vs 1.7 both above 1.5: ahead; 0.5 vs 0.4 a tie, B lower
+    assert verdicts == ["ahead", "tie, B lower", "behind", "ahead", "tie, B lower"]
+    assert "cpu_fast against yardstick: ahead at 2, tied at 2 (lower at 0 of them), behind at 1 of 5 points" in out
+    assert "(behind: seed 0 point 3)" in out
+    assert re.search(r"point 1: A 1\.20  B 8\.25  \(2 seeds\)", out)  # geometric means: sqrt(0.9·1.6), sqrt(40·1.7)
+
+
+def test_compare_curves_refuses_runs_scored_against_different_references(tmp_path: Path) -> None:
+    a = curve_file(tmp_path / "a.json", 0, {"ours": [1.0]}, ref=0.02)
+    b = curve_file(tmp_path / "b.json", 0, {"yardstick": [1.0]}, ref=0.03)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compare_curves.py"), "ours", "yardstick", str(a), str(b)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert f"seed 0, point 1: ours ({a}) and yardstick ({b}) were scored against different" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    missing = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compare_curves.py"), "other", "yardstick", str(a), str(b)],
+        capture_output=True,
+        text=True,
+    )
+    assert "no seed has both other (seeds none) and yardstick (seeds [0])" in missing.stderr
