@@ -12,7 +12,8 @@ into the second's ``--out``), else the comparison stops with the two files named
 
 At every point of every seed the verdict compares FD / reference (lower is closer to the held-out
 data): **tie** (with which one is lower) when both are at or below the highest real-vs-real FD of that point's splits
-(``--splits R``: ``fd_ref_max``; one split: the 90th percentile of the run's 20-split spread), so
+(``--splits R``: ``fd_ref_max``; one split: the 90th percentile of the run's 20-split spread; neither
+recorded: the reference itself), so
 that neither can be told from real data by FD and the order between them is split noise; else
 **ahead** or **behind**. The last lines give each point's geometric mean over the seeds and the
 count of each verdict.
@@ -81,9 +82,9 @@ def compare(paths: list[Path], a_spec: str, b_spec: str) -> str:
         "tie = both at or below the highest real-vs-real FD of the point's splits",
         f"{'seed':>4}  {'point':>5}  {'min A':>6}  {'min B':>6}  {'A':>7}  {'B':>7}  {'real up to':>10}  verdict",
     ]
-    counts = {"ahead": 0, "tie": 0, "behind": 0}
+    counts = {"ahead": 0, "tie": 0, "behind": 0, "–": 0}
     behind: list[str] = []
-    lower_in_ties = [0]
+    a_lower_in_ties = 0
     by_point: dict[int, list[tuple[float, float]]] = {}
     for seed in seeds:
         (path_a, a), (path_b, b) = runs_a[seed], runs_b[seed]
@@ -99,8 +100,8 @@ def compare(paths: list[Path], a_spec: str, b_spec: str) -> str:
             ceiling = tie_ceiling(pa, a["reference_spread"])
             fa, fb = pa.get("fd_ratio"), pb.get("fd_ratio")
             v = verdict(fa, fb, ceiling)
-            counts[v.partition(",")[0]] = counts.get(v.partition(",")[0], 0) + 1
-            lower_in_ties[0] += v == "tie, A lower"
+            counts[v.partition(",")[0]] += 1
+            a_lower_in_ties += v == "tie, A lower"
             if v == "behind":
                 behind.append(f"seed {seed} point {pa['point']}")
             if fa and fb:
@@ -116,7 +117,7 @@ def compare(paths: list[Path], a_spec: str, b_spec: str) -> str:
         lines.append(f"  point {point}: A {num(ga)}  B {num(gb)}  ({len(pairs)} seeds)")
     total = sum(counts[k] for k in ("ahead", "tie", "behind"))
     summary = f"{a_label} against {b_label}: ahead at {counts['ahead']}, tied at {counts['tie']} "
-    summary += f"(lower at {lower_in_ties[0]} of them), "
+    summary += f"(lower at {a_lower_in_ties} of them), "
     summary += f"behind at {counts['behind']} of {total} points"
     lines.append(summary + (f" (behind: {', '.join(behind)})" if behind else ""))
     return "\n".join(lines)
