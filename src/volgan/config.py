@@ -84,7 +84,7 @@ class DataConfig(_Section):
 # value of its model.family. WGAN-GP: Gulrajani et al. 2017 plus the mode-seeking term. DCGAN: the
 # 3D-GAN architecture (Wu et al. 2016) with settings that learn in a CPU budget, each measured on
 # ModelNet10 32³ (README, "Diversity within a class"); the paper's own settings are
-# config/examples/modelnet32_3dgan_published.yaml.
+# the 3dgan-published preset.
 FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     # mode_seeking: measured on AdrenalMNIST3D 32³ and 64³: the WGAN-GP leaves its
     # one-volume-per-class phase in half the steps.
@@ -106,7 +106,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     # one-sided label smoothing, an AC head and minibatch-stddev the 3D-GAN keeps its classes but
     # still draws one shape per class; a weak mode-seeking term (0.2) ends that. How much diversity
     # a weight buys depends on the data: on ModelNet10 weight 1 brings the within-class MS-SSIM to
-    # within 5 % of real's (0.2: 36-44 % above; config/examples/modelnet32_dcgan.yaml uses 1), while
+    # within 5 % of real's (0.2: 36-44 % above; the voxel32 preset uses 1), while
     # on the demo's objects 0.5 and 1 overshoot real's diversity and lose the classes (62 %, 29 %
     # class consistency against 90 % at 0.2).
     "dcgan": {
