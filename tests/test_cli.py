@@ -206,7 +206,8 @@ def test_resume_of_a_checkpoint_from_before_mode_seeking_keeps_it_off(tmp_path: 
     import yaml
 
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data_dir), "--run-dir", str(run), "--steps", "2", *TINY]) == 0
+    seed_design = ["--preset", "seed-design"]  # a run as it was before the mode-seeking term existed
+    assert main(["train", "--data", str(data_dir), "--run-dir", str(run), "--steps", "2", *seed_design, *TINY]) == 0
     path = run / "checkpoints" / "step_00000002.pt"
     state = torch.load(path, weights_only=True)
     assert state["config"]["train"]["mode_seeking"] == 1.0  # the wgan_gp default

@@ -10,6 +10,7 @@ process-wide state (no seeds, no allocator or TF32 settings).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from volgan.config import Config, PerfConfig
 from volgan.data.volume_set import VolumeSet
 from volgan.errors import ConfigError, VolganError
 from volgan.sampling import LoadedGenerator, class_index, generate, load_generator, write_samples
+
+log = logging.getLogger("volgan")
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -347,13 +350,18 @@ def train(
     resume: str | Path | None = None,
     class_names: Sequence[str] | None = None,
     spacing: float = 1.0,
+    minutes: float | None = None,
+    preset: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a GAN as ``volgan train`` does, in this process; returns the run (``.load()`` gives its generator).
 
-    ``config``: a :class:`~volgan.config.Config`, a mapping of sections, a YAML path, or None (the
-    defaults). ``overrides``: sections or keys on top of it, e.g. ``train={"steps": 200}, seed=1``
-    (the ``data`` section goes in ``config``: the keyword ``data`` is the data).
+    ``config``: a :class:`~volgan.config.Config`, a mapping of sections or a YAML path, trained as
+    given; ``preset``: a named recipe (:func:`volgan.presets.preset_names`); neither: the plan for
+    the data, this machine and ``minutes`` (as ``volgan train --data DIR --minutes N``; None: the
+    planner's default budget). ``minutes`` is the run's budget in every case (``train.budget_minutes``).
+    ``overrides``: sections or keys on top of it all, e.g. ``train={"steps": 200}, seed=1`` (they win
+    over the plan; the ``data`` section goes in ``config``: the keyword ``data`` is the data).
     ``data``: a class-folder tree or ``.npz`` file (as ``--data``), a :class:`VolumeSet`, or a torch
     ``Dataset`` of ``(volume, label)`` tuples or MONAI dicts ``{"image": (1, D, H, W) or (D, H, W),
     "label": int}`` (read once into memory: :func:`~volgan.data.from_dataset.volume_set_from_dataset`
@@ -365,24 +373,49 @@ def train(
     from volgan.config import config_mapping, load_config, merge_dicts
     from volgan.data.dataset import load_volumes
     from volgan.data.from_dataset import volume_set_from_dataset
+    from volgan.planning.setup import base_mapping, resolve_config, write_plan
     from volgan.runlock import check_unlocked
     from volgan.safety import check_output_dir, safe_names
     from volgan.training import Trainer
 
-    base, source = config_mapping(config)
+    if config is not None and preset is not None:
+        raise ConfigError("config= and preset= both give the base settings; pass one")
+    base: dict[str, Any] | None
+    if preset is not None:
+        base, source = base_mapping(None, preset)
+    elif config is not None or resume is not None:  # a resumed run keeps its settings: nothing to plan
+        base, source = config_mapping(config)
+    else:
+        base, source = None, None
     extra: dict[str, Any] = dict(overrides)
     if run_dir is not None:
         extra["run_dir"] = str(run_dir)
     if isinstance(data, str | Path):
         extra = merge_dicts(extra, {"data": {"root": str(data)}})
-    elif "size" not in {**base.get("data", {}), **extra.get("data", {})} and data is not None:
+    elif "size" not in {**(base or {}).get("data", {}), **extra.get("data", {})} and data is not None:
         edge = _edge(data)
         if edge is not None:
             extra = merge_dicts(extra, {"data": {"size": edge}})
-    cfg = load_config(base, values=extra, name=source)
-    check_output_dir(Path(cfg.run_dir), "run_dir")
-    check_unlocked(Path(cfg.run_dir))  # before reading the data; fit() takes the lock
-    if data is None or isinstance(data, str | Path):
+    in_memory = None
+    if base is None and data is not None and not isinstance(data, str | Path):  # plan from the volumes given
+        first = load_config(extra, name="<your settings>")
+        in_memory = (
+            data
+            if isinstance(data, VolumeSet)
+            else volume_set_from_dataset(data, first.data, class_names=class_names, spacing=spacing)
+        )
+    if base is None and data is None and not extra.get("data", {}).get("root"):
+        raise ConfigError("no data: pass data= (a folder, .npz, VolumeSet or Dataset) or set data.root")
+
+    def writable(settings: Config) -> None:  # before reading the data; fit() takes the lock
+        check_output_dir(Path(settings.run_dir), "run_dir")
+        check_unlocked(Path(settings.run_dir))
+
+    cfg, plan = resolve_config(base, name=source, values=extra, minutes=minutes, data=in_memory, before_data=writable)
+    writable(cfg)
+    if in_memory is not None:
+        volumes = in_memory
+    elif data is None or isinstance(data, str | Path):
         if cfg.data.root is None:
             raise ConfigError("no data: pass data= (a folder, .npz, VolumeSet or Dataset) or set data.root")
         volumes = load_volumes(cfg.data)
@@ -393,7 +426,11 @@ def train(
     if volumes.size != cfg.data.size:
         raise ConfigError(f"data.size is {cfg.data.size} but the volumes are {volumes.size}³; leave data.size out")
     safe_names(volumes.class_names, "data")
-    return Trainer(cfg, volumes, resume=None if resume is None else Path(resume)).fit()
+    trainer = Trainer(cfg, volumes, resume=None if resume is None else Path(resume))
+    if plan is not None:
+        log.info("planned for %g min (%s):\n%s", plan.minutes, plan.budget_from, plan.summary())
+        write_plan(Path(cfg.run_dir), plan)
+    return trainer.fit()
 
 
 def _edge(data: Any) -> int | None:

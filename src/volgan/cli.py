@@ -1,4 +1,4 @@
-"""Command-line interface: ``volgan train | sample | export | demo | demo-data | train-classifier | evaluate``.
+"""Command-line interface: ``volgan train | plan | sample | export | demo | demo-data | train-classifier | evaluate``.
 
 Heavy imports (torch, MONAI) happen inside the commands so ``--help`` is instant. Problems the
 user can fix end as one ``volgan: error: ...`` line and exit code 2.
@@ -34,8 +34,7 @@ def _add_train(sub: Any) -> None:
         description="Train a 3D GAN (model.family: wgan_gp | dcgan). Data: DIR/<class>/*.nii|*.nii.gz|*.npy, "
         "voxel files, or a MedMNIST-style .npz.",
     )
-    p.add_argument("--config", type=Path, help="YAML config (default: built-in defaults, see config/default.yaml)")
-    p.add_argument("--data", help="data folder or .npz file (overrides data.root)")
+    _add_base_args(p)
     p.add_argument("--run-dir", help="run folder for checkpoints, logs and figures (overrides run_dir)")
     p.add_argument(
         "--resume",
@@ -53,7 +52,50 @@ def _add_train(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. train.batch_size=8",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and a dataset summary, then stop")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (without --config/--preset), the resolved config and a dataset summary, then stop",
+    )
+
+
+def _add_base_args(p: argparse.ArgumentParser) -> None:
+    """What `train` and `plan` share: the data, the budget and where the settings come from."""
+    p.add_argument("--data", help="data folder or .npz file (overrides data.root)")
+    p.add_argument(
+        "--minutes",
+        type=positive_float,
+        help="training budget in minutes: the run stops there with a checkpoint, samples and figures, and the "
+        "learning-rate and mode-seeking schedules are fitted to it (without --config/--preset: also what the plan "
+        "is made for; default 30)",
+    )
+    base = p.add_mutually_exclusive_group()
+    base.add_argument(
+        "--config", type=Path, help="YAML config (default: planned from the data, this machine and --minutes)"
+    )
+    base.add_argument("--preset", help="a named recipe shipped with volgan (`volgan plan --list-presets`)")
+
+
+def _add_plan(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="print the recipe `volgan train --data DIR --minutes N` would train, and why, without training",
+        description="Fingerprint the data (classes, grid, voxel size, intensities, occupancy), time a few training "
+        "steps on this machine, and print the planned configuration with the reason for every setting. "
+        "`volgan train` with the same arguments trains exactly this plan (it probes again, so step counts may "
+        "differ a little on a busy machine).",
+    )
+    _add_base_args(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="your own setting (wins)")
+    p.add_argument("--json", action="store_true", help="print plan.json's content instead of the table")
+    p.add_argument("--list-presets", action="store_true", help="list the named presets and stop")
+    p.add_argument(
+        "--save-config",
+        type=Path,
+        metavar="FILE",
+        help="also write the planned config as YAML (to edit, or to train under torchrun with --config FILE)",
+    )
 
 
 def _add_sample(sub: Any) -> None:
@@ -242,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_plan(sub)
     _add_sample(sub)
     _add_export(sub)
     _add_demo(sub)
@@ -251,20 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
-    """The run's config and, with --resume, the loaded checkpoint (read once, used twice)."""
+def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None, Any]:
+    """The run's config, with --resume the loaded checkpoint (read once, used twice), and the plan
+    (None when --config, --preset or --resume gives the settings)."""
     from volgan import checkpoint as ckpt
-    from volgan.config import load_config
+    from volgan.planning.setup import base_mapping, resolve_config
 
     overrides: list[str] = list(args.set)
     state = None
-    base: Any = args.config  # a YAML path, or None for the defaults
-    name = None
+    base, name = base_mapping(args.config, args.preset)
     if args.resume is not None:
         path = ckpt.resolve_checkpoint(args.resume)
         state = ckpt.load_checkpoint(path)
         ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
-        if args.config is None:  # the checkpoint's own config
+        if base is None:  # the checkpoint's own config
             base, name = ckpt.saved_config(state), str(path)
         if args.resume.is_dir():
             overrides.append(f"run_dir={args.resume}")
@@ -277,10 +320,13 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
         ("device", "device"),
         ("seed", "seed"),
     ):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(base, overrides, name=name, what="command-line overrides"), state
+    cfg, plan = resolve_config(
+        base, name=name, overrides=overrides, minutes=args.minutes, before_data=getattr(args, "before_data", None)
+    )
+    return cfg, state, plan
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -292,7 +338,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, ctx)
     from volgan.device import resolve_device
 
-    cfg, _ = _resolve_train_config(args)
+    if args.config is None and args.preset is None and args.resume is None:
+        raise VolganError(
+            "torchrun: every process must train the same settings, and a plan is timed per process; plan once "
+            "with `volgan plan --data DIR --minutes N --save-config plan.yaml`, then pass --config plan.yaml"
+        )
+    cfg, _, _ = _resolve_train_config(args)
     distributed.init(
         ctx, distributed.rank_device(ctx, resolve_device(cfg.device)), cfg.dist.backend, cfg.dist.timeout_s
     )
@@ -313,14 +364,19 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     from volgan.safety import safe_names
     from volgan.training import Trainer
 
-    cfg, resume_state = _resolve_train_config(args)
+    def writable(cfg: Any) -> None:  # a run folder in use is refused before any data is read
+        check_output_dir(Path(cfg.run_dir), "--run-dir (run_dir)")
+        check_unlocked(Path(cfg.run_dir))
+
+    if not args.dry_run and ctx.is_main:
+        args.before_data = writable
+    cfg, resume_state, plan = _resolve_train_config(args)
     if cfg.data.root is None:
         raise ConfigError(
             "no data: pass --data DIR (or set data.root in the config); try `volgan demo` for built-in data"
         )
     if not args.dry_run and ctx.is_main:
-        check_output_dir(Path(cfg.run_dir), "--run-dir (run_dir)")
-        check_unlocked(Path(cfg.run_dir))  # before loading data; Trainer.fit takes the lock
+        writable(cfg)  # (again, with the run's own settings); Trainer.fit takes the lock
     if resume_state is not None:  # a mismatch must not wait for (possibly minutes of) preprocessing
         from volgan import checkpoint as ckpt
 
@@ -333,12 +389,19 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
         distributed.barrier(ctx)
     safe_names(data.class_names, str(cfg.data.root))  # names `volgan sample` could not keep apart: now, not later
     if args.dry_run:
+        if plan is not None:
+            print(f"{plan.fingerprint.summary()}\n\n{plan.summary()}\n")
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         print()
         print(data.summary())
         return 0
     run_dir = Path(cfg.run_dir)
     trainer = Trainer(cfg, data, resume=args.resume, resume_state=resume_state, dist=ctx)
+    if plan is not None and ctx.is_main:
+        from volgan.planning.setup import write_plan
+
+        log.info("planned for %g min (%s):\n%s", plan.minutes, plan.budget_from, plan.summary())
+        write_plan(run_dir, plan)
     handler = _log_to_file(run_dir) if ctx.is_main else logging.NullHandler()
     try:
         result = trainer.fit()
@@ -350,6 +413,45 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
             f"run folder: {result.run_dir}\ncheckpoint: {result.checkpoint}\nfigures:    {result.run_dir / 'figures'}"
         )
     return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan (or plan.json's content with --json) for --data and --minutes; train nothing."""
+    import json
+
+    from volgan.planning.setup import planned_config
+    from volgan.presets import preset_names
+
+    if args.list_presets:
+        print("\n".join(preset_names()))
+        return 0
+    if args.config is not None or args.preset is not None:
+        raise VolganError(
+            "--config/--preset: a config file or preset is a whole recipe, trained as it is (no plan); "
+            "to plan around settings of your own, give them with --set KEY=VALUE"
+        )
+    overrides = list(args.set) + [f"{k}={v}" for k, v in (("data.root", args.data), ("device", args.device)) if v]
+    cfg, plan = planned_config(overrides=overrides, minutes=args.minutes)
+    if args.save_config is not None:
+        import yaml
+
+        from volgan.checkpoint import atomic_write
+
+        text = f"# planned by `volgan plan` for {plan.minutes:g} min; plan.json holds the reasons\n"
+        text += yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        atomic_write(args.save_config, lambda f: f.write(text.encode()))
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        import shlex
+
+        again = ["--data", str(args.data or cfg.data.root)] + (
+            ["--minutes", f"{args.minutes:g}"] if args.minutes else []
+        )
+        again += [w for text in args.set for w in ("--set", text)] + (["--device", args.device] if args.device else [])
+        print(f"{plan.fingerprint.summary()}\n\n{plan.summary()}\n")
+        print(f"train it: volgan train {shlex.join(again)}")
+    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -508,6 +610,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "plan": cmd_plan,
     "sample": cmd_sample,
     "export": cmd_export,
     "demo": cmd_demo,

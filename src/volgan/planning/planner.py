@@ -1,0 +1,414 @@
+"""The planner: a dataset's fingerprint, this machine's step times and a time budget -> a full recipe.
+
+Every rule below is one the project measured (docs/planner.md names each measurement); rules for
+cases nobody has measured yet (budgets of hours, GPUs) are planned from step-time arithmetic and
+say so in their reason. Anything the user set (``--config``, ``--preset``, ``--set``) wins over
+the plan and is shown as theirs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from volgan.config import merge_dicts
+from volgan.errors import ConfigError
+from volgan.planning.fingerprint import Fingerprint
+from volgan.planning.probe import StepTime, scaled, time_config
+
+DEFAULT_MINUTES = 30.0
+# Generator steps a grid needs before its samples are worth having (measured: the 64³ WGAN-GP met its
+# targets from ~1000 steps, the 32³ 3D-GAN from ~2200).
+MIN_STEPS = {"wgan_gp": 1000, "dcgan": 2000}
+# The full widths (32) only where the budget holds this many of their steps (planned, not measured).
+WIDE_STEPS = {"wgan_gp": 3000, "dcgan": 6000}
+GRIDS = (32, 64, 128)
+MAX_GRID = {"cpu": 64, "cuda": 128}
+# The probe may spend this share of the budget (and at least MIN_PROBE_S seconds on the first timing).
+PROBE_SHARE = 0.02
+MIN_PROBE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One planned setting: its dotted key, value, why, and who chose it ("plan" or "you")."""
+
+    key: str
+    value: Any
+    reason: str
+    by: str = "plan"
+
+
+@dataclass
+class Plan:
+    """What :func:`make_plan` decided, with its reasons (``plan.json`` in the run folder)."""
+
+    minutes: float
+    budget_from: str
+    device: str
+    threads: int
+    fingerprint: Fingerprint
+    choices: list[Choice]
+    step_time: StepTime
+    predicted_steps: int
+    probes: list[StepTime] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    planning_seconds: float = 0.0
+
+    def value(self, key: str) -> Any:
+        return next(c.value for c in self.choices if c.key == key)
+
+    def overrides(self) -> dict[str, Any]:
+        """The planned settings as a nested mapping (the user's own settings are merged on top later)."""
+        out: dict[str, Any] = {}
+        for c in self.choices:
+            if c.by == "plan":
+                out = merge_dicts(out, nested(c.key, c.value))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "minutes": self.minutes,
+            "budget_from": self.budget_from,
+            "device": self.device,
+            "threads": self.threads,
+            "predicted_steps": self.predicted_steps,
+            "seconds_per_step": self.step_time.to_dict(),
+            "choices": [{"key": c.key, "value": c.value, "by": c.by, "reason": c.reason} for c in self.choices],
+            "probes": [p.to_dict() for p in self.probes],
+            "notes": self.notes,
+            "planning_seconds": self.planning_seconds,
+            "fingerprint": self.fingerprint.to_dict(),
+        }
+
+    def summary(self) -> str:
+        """The plan in one screen: budget, the predicted steps, then each setting and its reason."""
+        t = self.step_time
+        head = [
+            f"budget:   {self.minutes:g} min of training ({self.budget_from})",
+            f"machine:  {self.device}, {self.threads} threads; {t.seconds:.3g} s per generator step "
+            f"({t.how}) -> ~{self.predicted_steps} steps",
+            f"planning: {self.planning_seconds:.1f} s (fingerprint and probe)",
+            "",
+        ]
+        width = max(len(c.key) for c in self.choices)
+        shown = max(8, *(len(_fmt(c.value)) for c in self.choices))
+        rows = []
+        for c in self.choices:
+            mark = "  [set by you]" if c.by == "you" else ""
+            rows.append(f"  {c.key:<{width}}  {_fmt(c.value):<{shown}} {c.reason}{mark}")
+        return "\n".join(head + rows + [f"note: {n}" for n in self.notes])
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """``"train.n_critic", 2`` -> ``{"train": {"n_critic": 2}}``."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"n_critic": 2}}`` -> ``{"train.n_critic": 2}``."""
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out |= flatten(v, key + ".")
+        else:
+            out[key] = v
+    return out
+
+
+def _fmt(value: Any) -> str:
+    """As YAML would say it: 1e-04, null, [0, 100]."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+class _Timer:
+    """Step times for (grid, width) candidates: timed here while the probe's share of the budget
+    lasts, else scaled from the nearest timed candidate."""
+
+    def __init__(self, config_for: Callable[[int, int], dict[str, Any]], num_classes: int, allowance_s: float):
+        self.config_for, self.num_classes = config_for, num_classes
+        self.allowance_s, self.spent_s = allowance_s, 0.0
+        self.timed: dict[tuple[int, int], StepTime] = {}
+
+    def measure(self, grid: int, width: int) -> StepTime:
+        start = time.perf_counter()
+        result = time_config(self.config_for(grid, width), self.num_classes)
+        self.spent_s += time.perf_counter() - start
+        self.timed[(grid, width)] = result
+        return result
+
+    def get(self, grid: int, width: int) -> StepTime:
+        """Timed if it was, or if timing it fits the probe's share; else scaled from the timed one
+        closest in work (the cheapest candidate is always timed first)."""
+        if (grid, width) in self.timed:
+            return self.timed[(grid, width)]
+        if not self.timed:
+            self.measure(min(grid, GRIDS[0]), width)
+            return self.get(grid, width)
+        base = min(self.timed.values(), key=lambda t: abs((t.grid / grid) ** 3 * (t.width / width) - 1))
+        guess = scaled(base, grid, width)
+        if self.spent_s + 3 * guess.seconds + 1.0 <= self.allowance_s:
+            return self.measure(grid, width)
+        return guess
+
+
+def _family(fp: Fingerprint, grid: int) -> str:
+    """The 3D-GAN for occupancy grids trained on their own grid, where it was measured (32³); the
+    WGAN-GP for everything else: intensities, and masks resampled to a coarser grid (docs/planner.md)."""
+    return "dcgan" if fp.occupancy_like and grid <= 32 and fp.native_edge <= grid else "wgan_gp"
+
+
+def _top_grid(fp: Fingerprint, device: str) -> int:
+    """The finest grid worth training: the largest of 32/64/128 the data fill (a quarter of
+    upsampling allowed), at most 64 on a CPU and 128 on a GPU."""
+    cap = MAX_GRID["cuda" if device.startswith("cuda") else "cpu"]
+    fits = [g for g in GRIDS if g <= max(32, 1.25 * fp.native_edge) and g <= cap]
+    return fits[-1]
+
+
+def make_plan(
+    fp: Fingerprint,
+    minutes: float | None,
+    user: Mapping[str, Any] | None = None,
+    *,
+    device: str = "cpu",
+    threads: int = 1,
+    timer: Callable[[int, int], StepTime] | None = None,
+) -> Plan:
+    """Plan a run for ``fp`` in ``minutes`` (None: :data:`DEFAULT_MINUTES`).
+
+    ``user``: the settings the user gave (a nested mapping); they win over the plan. ``timer``:
+    seconds per generator step for (grid, width) (default: the probe, timing candidates here).
+    """
+    start = time.perf_counter()
+    budget_from = "--minutes" if minutes is not None else f"default: no --minutes given, {DEFAULT_MINUTES:g} min"
+    minutes = DEFAULT_MINUTES if minutes is None else float(minutes)
+    if not minutes > 0:
+        raise ConfigError(f"--minutes must be > 0, got {minutes:g}")
+    given = flatten(user or {})
+    budget_s = 60 * minutes
+    family = given.get("model.family") or _family(fp, int(given.get("data.size", _top_grid(fp, device))))
+    binary = bool(given.get("data.binary", fp.occupancy_like))  # the probe's data; the plan's below
+    conditional = fp.num_classes >= 2
+
+    def config_for(grid: int, width: int) -> dict[str, Any]:
+        cand = _recipe(family, grid, width, conditional, minutes, binary, steps=10**9)
+        return merge_dicts(cand, {"device": device, **{k: v for k, v in (user or {}).items() if k != "data"}})
+
+    probe = None
+    if timer is None:
+        allowance = max(MIN_PROBE_S, PROBE_SHARE * budget_s)
+        probe = _Timer(config_for, fp.num_classes, allowance)
+        timer = probe.get
+    widths = [int(given["model.ngf"])] if "model.ngf" in given else [16, 32]
+    decided = _decide(fp, family, given, widths, budget_s, device, timer)
+    step = timer(decided.grid, decided.width)
+    predicted = int(budget_s / step.seconds)
+    if predicted < 1:
+        raise ConfigError(
+            f"{minutes:g} minutes hold no generator step at {decided.grid}³ on this machine; "
+            f"the smallest plan needs ~{step.seconds:.0f} s"
+        )
+    # occupancy on its own grid or finer stays two-valued; resampled coarser it holds partial volumes
+    binary = bool(given.get("data.binary", fp.occupancy_like and fp.native_edge <= decided.grid))
+    recipe = flatten(_recipe(family, decided.grid, decided.width, conditional, minutes, binary, steps=3 * predicted))
+    if fp.occupancy_like and not binary and "data.intensity_percentiles" not in given:
+        recipe["data.intensity_percentiles"] = [0.0, 100.0]
+    reasons = _reasons(fp, family, decided, conditional, minutes, predicted, step)
+    reasons |= {"log.checkpoint_every": "about ten checkpoints over the run", "log.image_every": "~20 previews"}
+    recipe["log.checkpoint_every"] = max(50, predicted // 10)
+    recipe["log.image_every"] = max(25, predicted // 20)
+    first = ("model.family", "data.size", "model.ngf")  # the choices the others follow from
+    order = sorted(recipe, key=lambda k: first.index(k) if k in first else len(first))
+    choices = [
+        Choice(k, given[k], reasons.get(k, ""), "you") if k in given else Choice(k, recipe[k], reasons.get(k, ""))
+        for k in order
+    ]
+    choices += [Choice(k, v, "", "you") for k, v in given.items() if k not in recipe and k != "data.root"]
+    notes = list(decided.notes)
+    if device.startswith("cuda"):
+        notes.append(
+            "GPU: these rules were measured on CPUs; on a GPU the plan follows from the step times and memory "
+            "above and has not been checked against quality curves yet"
+        )
+    plan = Plan(
+        minutes=minutes,
+        budget_from=budget_from,
+        device=device,
+        threads=threads,
+        fingerprint=fp,
+        choices=choices,
+        step_time=step,
+        predicted_steps=predicted,
+        probes=list(probe.timed.values()) if probe else [],
+        notes=notes,
+    )
+    plan.planning_seconds = time.perf_counter() - start
+    return plan
+
+
+@dataclass
+class _Decision:
+    grid: int
+    width: int
+    grid_reason: str
+    width_reason: str
+    notes: list[str]
+
+
+def _decide(
+    fp: Fingerprint,
+    family: str,
+    given: dict[str, Any],
+    widths: list[int],
+    budget_s: float,
+    device: str,
+    timer: Callable[[int, int], StepTime],
+) -> _Decision:
+    """Grid and width: the finest grid whose budget holds the steps it needs at the narrowest width,
+    then the full width only where the budget holds many of its steps."""
+    narrow, notes = min(widths), []
+    need = MIN_STEPS[family]
+    if "data.size" in given:
+        grid = int(given["data.size"])
+        grid_reason = "your grid"
+    else:
+        top = grid = _top_grid(fp, device)
+        while grid > GRIDS[0] and budget_s / timer(grid, narrow).seconds < need:
+            grid //= 2
+        held = int(budget_s / timer(grid, narrow).seconds)
+        if grid == top:
+            grid_reason = (
+                f"the data's {fp.native_edge}-voxel extent fills {grid}³; the budget holds ~{held} steps at "
+                f"width {narrow} (>= {need} needed)"
+            )
+        else:
+            at_top = int(budget_s / timer(top, narrow).seconds)
+            grid_reason = f"{top}³ would hold only ~{at_top} steps (< {need} needed); {grid}³ holds ~{held}"
+        if top == MAX_GRID["cpu"] and not device.startswith("cuda") and fp.native_edge > top:
+            notes.append(f"grids above {top}³ are not planned on a CPU (too slow to train); set data.size to force")
+    if len(widths) == 1:
+        return _Decision(grid, widths[0], grid_reason, "your width", notes)
+    wide = max(widths)
+    wide_steps = int(budget_s / timer(grid, wide).seconds)
+    if wide_steps >= WIDE_STEPS[family]:
+        width = wide
+        width_reason = (
+            f"the budget holds ~{wide_steps} steps at width {wide} (>= {WIDE_STEPS[family]}): the seed design's "
+            "widths (planned, not yet measured against half widths at this length)"
+        )
+    else:
+        width = narrow
+        narrow_steps = int(budget_s / timer(grid, narrow).seconds)
+        width_reason = (
+            f"~{narrow_steps} steps at width {narrow} vs ~{wide_steps} at {wide}: half widths reached the "
+            "targets sooner in every CPU budget measured"
+        )
+    return _Decision(grid, width, grid_reason, width_reason, notes)
+
+
+def _recipe(
+    family: str, grid: int, width: int, conditional: bool, minutes: float, binary: bool, steps: int
+) -> dict[str, Any]:
+    """The full recipe for one family, grid and width (the measured settings; docs/planner.md)."""
+    data: dict[str, Any] = {"size": grid}
+    if binary:
+        data["binary"] = True
+    if family == "dcgan":
+        train: dict[str, Any] = {
+            "batch_size": 16 if width <= 16 else 32,
+            "mode_seeking": 1.0,
+            "lr_decay": "none",
+            "ema_decay": 0.99,
+        }
+        model: dict[str, Any] = {"family": "dcgan", "ngf": width, "ndf": width}
+    else:
+        train = {
+            "batch_size": 4,
+            "n_critic": 2 if width <= 16 else 5,
+            "gp_weight": 10.0,
+            "gp_every": None,
+            "mode_seeking": 1.0,
+            "lr_decay": "linear",
+            "ema_decay": 0.999,
+        }
+        if grid <= 32:
+            train["mode_seeking_end"] = 0.0
+        model = {"family": "wgan_gp", "ngf": width, "ndf": width, "ac_weight": 1.0 if conditional else 0.0}
+    train |= {"budget_minutes": minutes, "steps": steps}
+    return {"data": data, "model": model, "train": train}
+
+
+def _reasons(
+    fp: Fingerprint,
+    family: str,
+    d: _Decision,
+    conditional: bool,
+    minutes: float,
+    predicted: int,
+    step: StepTime,
+) -> dict[str, str]:
+    if family == "dcgan":
+        fam = (
+            f"{fp.two_valued_share:.0%} of sampled volumes hold two values, on their own {fp.native_edge}-voxel "
+            "grid: occupancy grids -> the 3D-GAN (sigmoid output, binary cross-entropy)"
+        )
+    elif fp.occupancy_like and fp.native_edge > d.grid:
+        fam = (
+            f"masks resampled from {fp.native_edge} to {d.grid} voxels hold partial volumes -> the conditional "
+            "WGAN-GP (ahead of the 3D-GAN on resampled masks at every point measured)"
+        )
+    elif fp.occupancy_like:
+        fam = f"occupancy grids at {d.grid}³: the 3D-GAN is measured at 32³ only -> the conditional WGAN-GP"
+    else:
+        fam = "intensity-valued volumes -> the conditional WGAN-GP (Tanh output, gradient penalty)"
+    r = {
+        "model.family": fam,
+        "data.size": d.grid_reason,
+        "data.binary": "two-valued volumes scaled exactly 0 -> -1, max -> +1 (no percentile clipping)",
+        "data.intensity_percentiles": "min to max: percentile clipping would cut the foreground of sparse masks",
+        "model.ngf": d.width_reason,
+        "model.ndf": "as model.ngf",
+        "train.budget_minutes": "the budget: the run stops here with a checkpoint, samples and figures",
+        "train.steps": f"3x the ~{predicted} steps predicted: the budget ends the run first",
+    }
+    if family == "dcgan":
+        r |= {
+            "train.batch_size": "16 at half widths: more steps a minute, targets met on voxel shapes at 32³"
+            if d.width <= 16
+            else "the family's 32 at full widths",
+            "train.mode_seeking": "the full mode-seeking term: one shape per class ends, diversity near real's",
+            "train.lr_decay": "constant rates: a decay fitted to the budget was behind at every point measured",
+            "train.ema_decay": "the family's 0.99: the averaged generator follows a run of a few thousand steps",
+        }
+        return r
+    r |= {
+        "train.batch_size": "4: the seed design (InstanceNorm, stable down to 1)",
+        "train.n_critic": "2 critic steps per generator step at half widths (measured); 5 at full widths"
+        if d.width <= 16
+        else "5: the seed design at full widths",
+        "train.mode_seeking": "the mode-seeking term ends the collapse onto one volume per class",
+        "train.lr_decay": "both rates fall linearly to 0 at the end of the budget",
+        "train.gp_weight": "the gradient penalty's usual 10 (Gulrajani et al. 2017)",
+        "train.gp_every": "lazy: the penalty once per generator step, weighted n_critic (more critic steps a second)",
+        "train.ema_decay": "samples from the exponential moving average of the generator (warm-up over the run)",
+        "model.ac_weight": "an auxiliary-classifier head keeps the class" if conditional else "one class: no head",
+    }
+    if d.grid <= 32:
+        r["train.mode_seeking_end"] = "at 32³ and below the term falls to 0 over the run: it clears the speckle"
+    return r
