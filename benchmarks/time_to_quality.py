@@ -75,6 +75,7 @@ COLUMNS = (
     ("FD", "fd", "{:.4g}"),
     ("FD ref", "fd_ref", "{:.4g}"),
     ("FD/ref", "fd_ratio", "{:.2f}"),
+    ("PCA-FD/ref", "pca_fd_ratio", "{:.2f}"),
     ("prec", "precision", "{:.2f}"),
     ("recall", "recall", "{:.2f}"),
     ("dens", "density", "{:.2f}"),
@@ -85,6 +86,10 @@ COLUMNS = (
     ("real", "ms_ssim_real", "{:.3f}"),
     ("1-corr", "diversity", "{:.3f}"),
     ("real", "diversity_real", "{:.3f}"),
+    ("speckle", "speckle_share", "{:.3f}"),
+    ("real", "speckle_share_real", "{:.3f}"),
+    ("comps", "components", "{:.1f}"),
+    ("real", "components_real", "{:.1f}"),
     ("cond acc", "cond_acc", "{:.3f}"),
     ("real", "cond_acc_real", "{:.3f}"),
     ("eval s", "eval_seconds", "{:.0f}"),
@@ -227,8 +232,14 @@ class Scorer:
     keeps a few slices of each scored set for the samples figure (``shown``: (source, slices))."""
 
     def __init__(self, ds: Dataset, judge: Any, meta: dict[str, Any], a: argparse.Namespace, device: Any) -> None:
+        from volgan.evaluation.structure import PCASpace, otsu_level, speckle
+
         self.ds, self.judge, self.meta, self.a, self.device = ds, judge, meta, a, device
         self.shown: list[tuple[str, np.ndarray]] = []
+        # the second feature space (no network trained for it) and the speckle level, from real data only
+        self.pca = PCASpace.fit(np.asarray(ds.train.volumes), seed=a.seed)
+        self.level = otsu_level(ds.held_out.volumes)
+        self.real_speckle = {f"{k}_real": v for k, v in speckle(ds.held_out.volumes, self.level).items()}
 
     def labels(self) -> torch.Tensor:
         return torch.arange(self.ds.train.num_classes).repeat_interleave(self.a.n)
@@ -236,6 +247,7 @@ class Scorer:
     def __call__(self, volumes: np.ndarray, source: str) -> dict[str, Any]:
         from volgan.evaluation.commands import as_loaded
         from volgan.evaluation.curve import curve_metrics
+        from volgan.evaluation.structure import pca_fd, speckle
 
         t0 = time.perf_counter()
         synthetic = Labelled(
@@ -253,6 +265,16 @@ class Scorer:
                 device=self.device,
             )
         )
+        point |= pca_fd(
+            self.pca,
+            self.ds.held_out.volumes,
+            self.ds.held_out.labels,
+            synthetic.volumes,
+            seed=self.a.seed,
+            n_splits=self.a.splits,
+            n_draws=self.a.draws,
+        )
+        point |= speckle(synthetic.volumes, self.level) | self.real_speckle
         point["eval_seconds"] = time.perf_counter() - t0
         self.shown.append((source, fullest_slices(synthetic.volumes, synthetic.labels, SHOWN_PER_CLASS)))
         return point
@@ -492,7 +514,9 @@ def progress(name: str, p: dict[str, Any]) -> None:
     two = "{:.2f}"
     print(
         f"{name}: point {p['point']}, {p['minutes']:.2f} min, {p['steps']} steps: FD/ref {fmt(p['fd_ratio'], two)}, "
-        f"recall {fmt(p['recall'], two)}, coverage {fmt(p['coverage'], two)} ({p['eval_seconds']:.0f} s eval)",
+        f"PCA-FD/ref {fmt(p.get('pca_fd_ratio'), two)}, recall {fmt(p['recall'], two)}, "
+        f"coverage {fmt(p['coverage'], two)}, speckle {fmt(p.get('speckle_share'), '{:.3f}')} "
+        f"(real {fmt(p.get('speckle_share_real'), '{:.3f}')}) ({p['eval_seconds']:.0f} s eval)",
         file=sys.stderr,
         flush=True,
     )

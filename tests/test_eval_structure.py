@@ -1,0 +1,50 @@
+"""The feature space no network shapes (PCA of pooled voxels) and the speckle measure."""
+
+import numpy as np
+import pytest
+
+from volgan.evaluation.structure import PCASpace, otsu_level, pca_fd, pooled, speckle
+
+
+def test_speckle_counts_components_and_the_share_in_small_ones() -> None:
+    v = np.full((1, 16, 16, 16), -1.0, dtype=np.float32)
+    v[0, 2:6, 2:6, 2:6] = 1.0  # one 64-voxel block
+    for i in (9, 11, 13):
+        v[0, i, i, i] = 1.0  # three isolated voxels (no face, edge or corner shared)
+    out = speckle(v, level=0.0)
+    assert out["components"] == 4
+    assert out["speckle_share"] == pytest.approx(3 / 67)
+    clean = speckle(v[:, :8], level=0.0)  # the block alone
+    assert clean == {"components": 1.0, "speckle_share": 0.0}
+    assert speckle(np.full((2, 8, 8, 8), -1.0), level=0.0) == {"components": 0.0, "speckle_share": 0.0}
+
+
+def test_diagonal_neighbours_are_one_component() -> None:
+    v = np.full((1, 8, 8, 8), -1.0, dtype=np.float32)
+    v[0, 1, 1, 1] = v[0, 2, 2, 2] = 1.0  # corner-touching: 26-connectivity joins them
+    assert speckle(v, level=0.0)["components"] == 1
+
+
+def test_otsu_level_falls_between_the_two_values() -> None:
+    rng = np.random.default_rng(0)
+    v = np.where(rng.uniform(size=(4, 8, 8, 8)) > 0.7, 1.0, -1.0)
+    assert -1.0 <= otsu_level(v) < 1.0
+
+
+def test_pca_fd_is_near_its_reference_for_the_same_distribution_and_far_for_another() -> None:
+    rng = np.random.default_rng(0)
+
+    def blobs(n: int, shift: float) -> np.ndarray:
+        x = rng.normal(size=(n, 8, 8, 8)).astype(np.float32)
+        x[:, :4] += shift  # a brighter half grid
+        return x
+
+    train, real = blobs(80, 0.0), blobs(80, 0.0)
+    labels = np.arange(80) % 2
+    space = PCASpace.fit(train, components=8)
+    assert pooled(train).shape == (80, 64) and space.features(real).shape == (80, 8)
+    same = pca_fd(space, real, labels, blobs(80, 0.0), n_splits=3)
+    other = pca_fd(space, real, labels, blobs(80, 1.0), n_splits=3)
+    assert same["pca_fd_ratio"] < 3 and other["pca_fd_ratio"] > 10 * same["pca_fd_ratio"]
+    with pytest.raises(ValueError, match="at least 3 training volumes"):
+        PCASpace.fit(train[:2])
