@@ -95,6 +95,14 @@ def test_grid_steps_down_until_the_budget_holds_the_steps_it_needs() -> None:
     assert fast.value("data.size") == 64
 
 
+def test_a_budget_short_of_the_steps_needed_says_so_and_how_long_would_do() -> None:
+    plan = make_plan(_fp(edge=32), 3, timer=_timer(0.3))  # 600 steps at 32³, 1000 needed
+    assert plan.value("data.size") == 32
+    assert "smallest grid planned: ~600 steps" in next(c.reason for c in plan.choices if c.key == "data.size")
+    assert any("fewer than the ~1000" in n and "--minutes 5 would hold them" in n for n in plan.notes), plan.notes
+    assert not make_plan(_fp(edge=32), 30, timer=_timer(0.3)).notes
+
+
 def test_small_volumes_are_not_upsampled_beyond_a_quarter() -> None:
     assert make_plan(_fp(edge=40), 30, timer=_timer(0.01)).value("data.size") == 32
     assert make_plan(_fp(edge=52), 30, timer=_timer(0.01)).value("data.size") == 64

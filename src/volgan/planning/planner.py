@@ -8,6 +8,7 @@ the plan and is shown as theirs.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -292,7 +293,9 @@ def _decide(
         while grid > GRIDS[0] and budget_s / timer(grid, narrow).seconds < need:
             grid //= 2
         held = int(budget_s / timer(grid, narrow).seconds)
-        if grid == top:
+        if held < need:
+            grid_reason = f"the smallest grid planned: ~{held} steps at width {narrow} (< {need}, see the note)"
+        elif grid == top:
             grid_reason = (
                 f"the data's {fp.native_edge}-voxel extent fills {grid}³; the budget holds ~{held} steps at "
                 f"width {narrow} (>= {need} needed)"
@@ -302,6 +305,12 @@ def _decide(
             grid_reason = f"{top}³ would hold only ~{at_top} steps (< {need} needed); {grid}³ holds ~{held}"
         if top == MAX_GRID["cpu"] and not device.startswith("cuda") and fp.native_edge > top:
             notes.append(f"grids above {top}³ are not planned on a CPU (too slow to train); set data.size to force")
+    per_step = timer(grid, min(widths)).seconds
+    if budget_s / per_step < need:
+        notes.append(
+            f"the budget holds ~{int(budget_s / per_step)} steps at {grid}³, fewer than the ~{need} the measured "
+            f"runs needed: expect rough samples; --minutes {math.ceil(need * per_step / 60)} would hold them"
+        )
     if len(widths) == 1:
         return _Decision(grid, widths[0], grid_reason, "your width", notes)
     wide = max(widths)
