@@ -120,6 +120,36 @@ def test_a_gpu_may_plan_128_and_is_marked_as_unmeasured() -> None:
     assert any("not been checked against quality curves" in n for n in plan.notes)
 
 
+def test_a_gpu_plans_no_step_its_memory_cannot_hold() -> None:
+    def gpu(grid: int, width: int) -> StepTime:  # fast, but 128³ takes 12 GB at width 16 and 24 GB at 32
+        return StepTime(grid, width, 1e-4 * (grid / 32) ** 3, True, "stand-in", 12.0 * (grid / 128) ** 3 * width / 16)
+
+    roomy = make_plan(_fp(edge=256), 240, device="cuda", memory_gb=80, timer=gpu)
+    assert roomy.value("data.size") == 128 and roomy.value("model.ngf") == 32
+    mid = make_plan(_fp(edge=256), 240, device="cuda", memory_gb=20, timer=gpu)  # 0.8 x 20 = 16 GB
+    assert mid.value("data.size") == 128 and mid.value("model.ngf") == 16
+    small = make_plan(_fp(edge=256), 240, device="cuda", memory_gb=8, timer=gpu)
+    assert small.value("data.size") == 64
+
+
+def test_a_probe_out_of_gpu_memory_is_a_candidate_never_planned(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from volgan.planning import planner
+
+    def fake_probe(cfg: dict, num_classes: int) -> StepTime:
+        grid, width = cfg["data"]["size"], cfg["model"]["ngf"]
+        if grid >= 128:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return StepTime(grid, width, 1e-3 * (grid / 32) ** 3, True, "stand-in", 1.0)
+
+    monkeypatch.setattr(planner, "time_config", fake_probe)
+    plan = make_plan(_fp(edge=256), 240, device="cuda", memory_gb=80)
+    assert plan.value("data.size") == 64
+    assert any(p.how == "out of GPU memory here" and p.grid == 128 for p in plan.probes)
+    json.loads(json.dumps(plan.to_dict()), parse_constant=lambda c: pytest.fail(f"{c} in plan.json"))
+
+
 def test_full_widths_only_where_the_budget_holds_many_of_their_steps() -> None:
     need = WIDE_STEPS["wgan_gp"]
     s_wide = 3.0 * 0.01 * 8  # a 64³ width-32 step of the stand-in machine

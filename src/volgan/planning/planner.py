@@ -26,6 +26,8 @@ MIN_STEPS = {"wgan_gp": 1000, "dcgan": 2000}
 # The full widths (32) only where the budget holds this many of their steps (planned, not measured).
 WIDE_STEPS = {"wgan_gp": 3000, "dcgan": 6000}
 GRIDS = (32, 64, 128)
+# A GPU candidate is planned only if its step's peak memory stays under this share of the device's.
+MEMORY_SHARE = 0.8
 MAX_GRID = {"cpu": 64, "cuda": 128}
 # The probe may spend this share of the budget (and at least MIN_PROBE_S seconds on the first timing).
 PROBE_SHARE = 0.02
@@ -147,8 +149,14 @@ class _Timer:
         self.timed: dict[tuple[int, int], StepTime] = {}
 
     def measure(self, grid: int, width: int) -> StepTime:
+        import torch
+
         start = time.perf_counter()
-        result = time_config(self.config_for(grid, width), self.num_classes)
+        try:
+            result = time_config(self.config_for(grid, width), self.num_classes)
+        except torch.OutOfMemoryError:  # this candidate does not fit the GPU: never planned
+            torch.cuda.empty_cache()
+            result = StepTime(grid, width, math.inf, True, "out of GPU memory here", math.inf)
         self.spent_s += time.perf_counter() - start
         self.timed[(grid, width)] = result
         return result
@@ -189,12 +197,14 @@ def make_plan(
     *,
     device: str = "cpu",
     threads: int = 1,
+    memory_gb: float | None = None,
     timer: Callable[[int, int], StepTime] | None = None,
 ) -> Plan:
     """Plan a run for ``fp`` in ``minutes`` (None: :data:`DEFAULT_MINUTES`).
 
-    ``user``: the settings the user gave (a nested mapping); they win over the plan. ``timer``:
-    seconds per generator step for (grid, width) (default: the probe, timing candidates here).
+    ``user``: the settings the user gave (a nested mapping); they win over the plan. ``memory_gb``:
+    the GPU's memory (candidates needing more than :data:`MEMORY_SHARE` of it are not planned).
+    ``timer``: seconds per generator step for (grid, width) (default: the probe, timing candidates here).
     """
     start = time.perf_counter()
     budget_from = "--minutes" if minutes is not None else f"default: no --minutes given, {DEFAULT_MINUTES:g} min"
@@ -217,7 +227,7 @@ def make_plan(
         probe = _Timer(config_for, fp.num_classes, allowance)
         timer = probe.get
     widths = [int(given["model.ngf"])] if "model.ngf" in given else [16, 32]
-    decided = _decide(fp, family, given, widths, budget_s, device, timer)
+    decided = _decide(fp, family, given, widths, budget_s, device, timer, memory_gb)
     step = timer(decided.grid, decided.width)
     predicted = int(budget_s / step.seconds)
     if predicted < 1:
@@ -280,17 +290,24 @@ def _decide(
     budget_s: float,
     device: str,
     timer: Callable[[int, int], StepTime],
+    memory_gb: float | None = None,
 ) -> _Decision:
-    """Grid and width: the finest grid whose budget holds the steps it needs at the narrowest width,
-    then the full width only where the budget holds many of its steps."""
+    """Grid and width: the finest grid whose budget holds the steps it needs at the narrowest width
+    (and whose step fits the GPU's memory), then the full width only where the budget holds many of
+    its steps."""
     narrow, notes = min(widths), []
     need = MIN_STEPS[family]
+
+    def fits(grid: int, width: int) -> bool:
+        used = timer(grid, width).memory_gb
+        return memory_gb is None or used is None or used <= MEMORY_SHARE * memory_gb
+
     if "data.size" in given:
         grid = int(given["data.size"])
         grid_reason = "your grid"
     else:
         top = grid = _top_grid(fp, device)
-        while grid > GRIDS[0] and budget_s / timer(grid, narrow).seconds < need:
+        while grid > GRIDS[0] and (budget_s / timer(grid, narrow).seconds < need or not fits(grid, narrow)):
             grid //= 2
         held = int(budget_s / timer(grid, narrow).seconds)
         if held < need:
@@ -315,7 +332,7 @@ def _decide(
         return _Decision(grid, widths[0], grid_reason, "your width", notes)
     wide = max(widths)
     wide_steps = int(budget_s / timer(grid, wide).seconds)
-    if wide_steps >= WIDE_STEPS[family]:
+    if wide_steps >= WIDE_STEPS[family] and fits(grid, wide):
         width = wide
         width_reason = (
             f"the budget holds ~{wide_steps} steps at width {wide} (>= {WIDE_STEPS[family]}): the seed design's "

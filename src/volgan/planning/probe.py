@@ -9,6 +9,7 @@ the run folder is a temporary one, removed again.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import statistics
 import tempfile
@@ -37,13 +38,18 @@ class StepTime:
     """peak CUDA memory of the timed steps (None on a CPU)"""
 
     def to_dict(self) -> dict[str, Any]:
+        """As plan.json keeps it (strict JSON: a step that did not fit is null, not Infinity)."""
+
+        def finite(v: float | None) -> float | None:
+            return v if v is not None and math.isfinite(v) else None
+
         return {
             "grid": self.grid,
             "width": self.width,
-            "seconds_per_step": self.seconds,
+            "seconds_per_step": finite(self.seconds),
             "measured": self.measured,
             "how": self.how,
-            "memory_gb": self.memory_gb,
+            "memory_gb": finite(self.memory_gb),
         }
 
 
@@ -84,10 +90,13 @@ def time_config(cfg_dict: dict[str, Any], num_classes: int, steps: int = 2, warm
 
 def scaled(base: StepTime, grid: int, width: int) -> StepTime:
     """An estimate for another grid and width from a timed candidate: the work grows with the voxels,
-    and between widths as measured on CPUs (~3x from 16 to 32, i.e. width**1.6)."""
+    and between widths as measured on CPUs (~3x from 16 to 32, i.e. width**1.6); GPU memory with the
+    voxels and the width."""
     factor = (grid / base.grid) ** 3 * (width / base.width) ** 1.6
     how = f"estimated: {factor:.3g}x the timed {base.grid}³ width-{base.width} step"
-    return StepTime(grid, width, base.seconds * factor, False, how)
+    # activations dominate a step's memory: they grow with the voxels and the channels
+    memory = None if base.memory_gb is None else base.memory_gb * (grid / base.grid) ** 3 * (width / base.width)
+    return StepTime(grid, width, base.seconds * factor, False, how, memory)
 
 
 def _random_set(cfg: Config, num_classes: int) -> Any:

@@ -80,8 +80,8 @@ def planned_config(
     if before_data is not None:
         before_data(first)
     fp = _fingerprint(first, data)
-    device, threads = _machine(first.device)
-    plan = make_plan(fp, minutes, given, device=device, threads=threads)
+    device, threads, memory = _machine(first.device)
+    plan = make_plan(fp, minutes, given, device=device, threads=threads, memory_gb=memory)
     cfg = load_config(plan.overrides(), overrides, values=values, name=name or "<plan>", what=what)
     return cfg, plan
 
@@ -96,13 +96,15 @@ def _fingerprint(cfg: Config, data: VolumeSet | None) -> Any:
     return fingerprint_path(cfg.data)
 
 
-def _machine(choice: str) -> tuple[str, int]:
+def _machine(choice: str) -> tuple[str, int, float | None]:
+    """The device type the run will use, torch's CPU threads, and the GPU's memory in GB (None on a CPU)."""
     import torch
 
     from volgan.device import resolve_device
 
     device = resolve_device(choice)
-    return device.type, torch.get_num_threads()
+    memory = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    return device.type, torch.get_num_threads(), memory
 
 
 def write_plan(run_dir: Path, plan: Plan) -> Path:
