@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.volgan-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint docs bench clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,14 @@ lint: $(STAMP)
 # (on an AVX2 machine the second pass repeats the first with the same kernels).
 AVX2_ONLY := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 
-test: lint
+test: lint docs
 	$(BIN)/python -m pytest -q
 	$(AVX2_ONLY) $(BIN)/python -m pytest -q -m numerics
 
+# The documentation site (MkDocs + Material + mkdocstrings) into site/; strict: a warning (a broken
+# link, a reference to something that no longer exists) fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -162,15 +162,12 @@ def test_sampling_changes_no_process_state(g: volgan.VolumeGenerator) -> None:
     assert g.device == torch.device("cpu") and "step 2" in repr(g)
 
 
-def _readme_section(title: str) -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else None]
+def _guide_page(name: str) -> str:
+    return (Path(__file__).resolve().parents[1] / "docs" / "guide" / name).read_text()
 
 
 def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ```python block of README's "Python API" section, in order, against a tiny run with the demo's classes."""
+    """Every ```python block of the guide's Python API page, in order, against a tiny run with the demo's classes."""
     from volgan.data.dataset import VolumeSet
 
     rng = np.random.default_rng(0)
@@ -183,11 +180,11 @@ def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     )
     Trainer(tiny_config(tmp_path / "runs" / "demo", train={"steps": 1, "batch_size": 3, "n_critic": 1}), data).fit()
     monkeypatch.chdir(tmp_path)
-    blocks = _readme_section("Python API").split("```python\n")[1:]
+    blocks = _guide_page("python-api.md").split("```python\n")[1:]
     assert len(blocks) >= 5
     namespace: dict[str, object] = {}
     for block in blocks:
-        exec(compile(block.split("```")[0], "README.md", "exec"), namespace)
+        exec(compile(block.split("```")[0], "docs/guide/python-api.md", "exec"), namespace)
     assert len(list((tmp_path / "synth" / "lesion").glob("*.nii.gz"))) == 8
     assert (tmp_path / "generator.onnx").exists() and namespace["volumes"].shape == (3, 1, 16, 16, 16)  # type: ignore[attr-defined]
     assert namespace["walk"].shape == (8, 1, 16, 16, 16)  # type: ignore[attr-defined]
