@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "docs" / "time_to_quality"
+RESULTS = REPO / "benchmarks" / "results" / "time_to_quality"
 # (what the reader has, the runs' file pattern)
 ROWS = (
     ("head MRI-like intensities (phantoms), 64³, 3 classes", "planned_phantom64_20min_amd_seed*.json"),

@@ -577,7 +577,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data", required=True, help=f"{', '.join(BUILT_IN)}, or a data folder/.npz (with --held-out)")
+    ap.add_argument("--data", help=f"{', '.join(BUILT_IN)}, or a data folder/.npz (with --held-out)")
     ap.add_argument("--held-out", help="held-out data for --data PATH (an .npz PATH defaults to its val split)")
     ap.add_argument("--size", type=int, help="training grid (e.g. 32 for a quick phantom64/adrenal64 run)")
     ap.add_argument("--minutes", type=float, help="training budget per contender (required unless --rescore)")
@@ -590,7 +590,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,... another volgan contender")
     ap.add_argument("--config", help="volgan's config (default: volgan's defaults; modelnet32: its example config)")
     ap.add_argument("--set", action="append", default=[], help="key=value for every volgan contender")
-    ap.add_argument("--out", default="runs/time_to_quality", help="output folder (judge cache, runs, JSON, PNG)")
+    ap.add_argument(
+        "--out", default="runs/time_to_quality", help="output folder (judge cache, runs, JSON, PNG); --replot: the PNG"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--n", type=int, default=64, help="synthetic volumes per class at each point")
@@ -603,7 +605,21 @@ def main() -> None:
     ap.add_argument(
         "--rescore", metavar="JSON", help="train nothing: score the saved points of an earlier run's JSON again"
     )
+    ap.add_argument("--replot", metavar="JSON", help="train and score nothing: draw an earlier run's curves again")
     a = ap.parse_args()
+    if a.replot:
+        old = json.loads(Path(a.replot).read_text())
+        out = Path(a.replot).with_suffix(".png") if a.out == ap.get_default("out") else Path(a.out)
+        ds = old["dataset"]
+        plot(
+            old["contenders"],
+            out,
+            f"{Path(ds['name']).name} {ds['size']}³, {old['settings']['minutes']:g} min; {old['machine']}",
+        )
+        print(f"wrote {out}")
+        return
+    if a.data is None:
+        raise SystemExit("--data is required (or --replot an earlier run's JSON)")
     if a.rescore is None and a.minutes is None:
         raise SystemExit("--minutes is required (or --rescore an earlier run's JSON)")
     if (a.minutes is not None and a.minutes <= 0) or a.points < 1 or a.n < 2 or a.splits < 1:
