@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -67,3 +68,31 @@ def test_ema_and_raw_generators_differ(run: Path) -> None:
     ema, raw = load_generator(run, ema=True), load_generator(run, ema=False)
     labels = torch.tensor([0])
     assert not torch.equal(generate(ema.generator, labels, 0), generate(raw.generator, labels, 0))
+
+
+def test_another_models_volumes_are_never_replaced_silently(
+    tmp_path: Path, run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`volgan sample` of a second model into the first one's --out stops, naming both; the same
+    model's command run again (finishing an interrupted set) goes on; --overwrite replaces."""
+    from volgan.cli import main
+
+    other = tmp_path / "other"
+    Trainer(tiny_config(other, train={"steps": 3, "batch_size": 3, "n_critic": 1}), tiny_data()).fit()
+    out = tmp_path / "samples"
+    args = ["sample", "--n", "2", "--seed", "4", "--out", str(out), "--format", "npy"]
+    assert main([*args, "--checkpoint", str(run)]) == 0
+    files = sorted(out.rglob("*.*"))
+    before = {f: f.read_bytes() for f in files}
+    assert len(files) == 8  # 2 classes x 2 volumes, each with its sidecar
+    assert main([*args, "--checkpoint", str(run)]) == 0  # the same model again: fine
+    assert main([*args, "--checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err, err
+    assert re.search(
+        r"already holds volumes of another model \(.*run.*, step 2\); these come from .*other.*, step 3", err
+    )
+    assert {f: f.read_bytes() for f in sorted(out.rglob("*.*"))} == before  # nothing replaced
+    assert main([*args, "--checkpoint", str(other), "--overwrite"]) == 0
+    steps = {json.loads(f.read_text())["checkpoint_step"] for f in out.rglob("*.json")}
+    assert steps == {3}

@@ -256,6 +256,7 @@ class VolumeGenerator:
         cls: str | int | None = None,
         seed: int | None = None,
         start: int = 0,
+        overwrite: bool = False,
     ) -> list[Path]:
         """Write volumes in the data's intensity range as ``volgan sample`` does, with a JSON sidecar each:
         ``folder/<class>/<class>_seed<seed>_<index>.<fmt>``. Returns the volume files.
@@ -263,7 +264,8 @@ class VolumeGenerator:
         ``volumes``: what :meth:`sample_images` returned (each image's ``.meta`` names its class, seed
         and index), or a tensor (n, 1, S, S, S) / (n, S, S, S) from :meth:`sample`, for which ``cls``,
         ``seed`` and ``start`` say what it holds. The files are the bytes ``volgan sample`` writes
-        for the same volumes.
+        for the same volumes. Volumes another model wrote into ``folder`` are not replaced unless
+        ``overwrite``.
         """
         from volgan.sampling import FORMATS
 
@@ -300,6 +302,7 @@ class VolumeGenerator:
                 Path(folder),
                 fmt,
                 intensities=True,
+                overwrite=overwrite,
             )
         return written
 

@@ -110,6 +110,11 @@ def _add_sample(sub: Any) -> None:
     )
     p.add_argument("--n", type=int_arg(1), help="volumes per class (default 8)")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace volumes in --out that another checkpoint wrote (default: stop, naming both)",
+    )
+    p.add_argument(
         "--max-volumes",
         type=int_arg(1),
         default=100_000,
@@ -512,7 +517,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 labels = torch.full((len(idx),), k, dtype=torch.long)
                 vols = generate(loaded.generator, labels, args.seed, idx.start, batch_size, device, loaded.autocast)
                 written = write_samples(
-                    loaded, vols.numpy(), [k] * len(idx), list(idx), args.seed, args.out, args.format, args.mesh
+                    loaded,
+                    vols.numpy(),
+                    [k] * len(idx),
+                    list(idx),
+                    args.seed,
+                    args.out,
+                    args.format,
+                    args.mesh,
+                    overwrite=args.overwrite,
                 )
                 total += len(written)
     except KeyboardInterrupt:

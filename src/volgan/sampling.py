@@ -193,6 +193,7 @@ def write_samples(
     fmt: str = "nii.gz",
     meshes: Sequence[str] = (),
     intensities: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Map volumes (N, S, S, S) in [-1, 1] back to data intensities and write one file + JSON sidecar each,
     into one sub-folder per class (``out_dir/<class>/``): the layout ``volgan train`` and
@@ -201,6 +202,8 @@ def write_samples(
     ``meshes`` (any of "obj", "stl", "ply") adds marching-cubes surfaces at the model's threshold,
     in world millimetres of the training grid. ``intensities``: the volumes are already in the data's
     intensity range (what ``volgan.load(...).sample`` returns), so they are written as they are.
+    A volume of another model (its sidecar names another checkpoint step, config or weights) is
+    never replaced unless ``overwrite``; the same model's volumes are (finishing an interrupted set).
     """
     from volgan.data.preprocess import unscale
 
@@ -232,6 +235,8 @@ def write_samples(
         if meshes:
             meta["meshes"] = [f"{stem}.{m}" for m in meshes]
             meta["mesh_level"] = loaded.threshold
+        if not overwrite:
+            _check_not_replacing(class_dir / f"{stem}.json", loaded, out_dir)
         target = class_dir
         pair = [path, *(class_dir / f"{stem}.{m}" for m in meshes), class_dir / f"{stem}.json"]
         try:
@@ -255,6 +260,26 @@ def write_samples(
             raise
         written.append(path)
     return written
+
+
+def _check_not_replacing(sidecar: Path, loaded: LoadedGenerator, out_dir: Path) -> None:
+    """Refuse, in one line, to replace a volume whose sidecar says another model wrote it."""
+    try:
+        meta = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):  # not a sidecar volgan can read: not a volume of ours to judge
+        return
+    if not isinstance(meta, dict) or "config_hash" not in meta:
+        return
+    theirs = (meta.get("config_hash"), meta.get("checkpoint_step"), meta.get("ema"))
+    if theirs != (loaded.config_hash, loaded.step, loaded.ema):
+        raise VolganError(
+            f"{out_dir}: already holds volumes of another model ({meta.get('checkpoint')}, step "
+            f"{meta.get('checkpoint_step')}{'' if meta.get('ema', True) else ', raw weights'}); these come from "
+            f"{loaded.checkpoint}, step {loaded.step}{'' if loaded.ema else ', raw weights'}; choose another "
+            "--out, or pass --overwrite to replace them"
+        )
 
 
 def _write_mesh(volume: np.ndarray, path: Path, level: float, affine: np.ndarray) -> None:
