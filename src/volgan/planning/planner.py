@@ -30,7 +30,7 @@ GRIDS = (32, 64, 128)
 MEMORY_SHARE = 0.8
 MAX_GRID = {"cpu": 64, "cuda": 128}
 # The probe may spend this share of the budget (and at least MIN_PROBE_S seconds on the first timing).
-PROBE_SHARE = 0.02
+PROBE_SHARE = 0.015  # (the fingerprint comes on top: the two together stay under 2 %)
 MIN_PROBE_S = 2.0
 
 
@@ -161,19 +161,26 @@ class _Timer:
         self.timed[(grid, width)] = result
         return result
 
-    def get(self, grid: int, width: int) -> StepTime:
-        """Timed if it was, or if timing it fits the probe's share; else scaled from the timed one
-        closest in work (the cheapest candidate is always timed first)."""
+    def estimate(self, grid: int, width: int) -> StepTime:
+        """Timed if it was, else scaled from the timed candidate closest in work (the cheapest
+        candidate is timed first, so there is always one)."""
         if (grid, width) in self.timed:
             return self.timed[(grid, width)]
         if not self.timed:
-            self.measure(min(grid, GRIDS[0]), width)
-            return self.get(grid, width)
+            return self.measure(min(grid, GRIDS[0]), width) if grid <= GRIDS[0] else self._first(grid, width)
         base = min(self.timed.values(), key=lambda t: abs((t.grid / grid) ** 3 * (t.width / width) - 1))
-        guess = scaled(base, grid, width)
-        if self.spent_s + 3 * guess.seconds + 1.0 <= self.allowance_s:
-            return self.measure(grid, width)
-        return guess
+        return scaled(base, grid, width)
+
+    def _first(self, grid: int, width: int) -> StepTime:
+        self.measure(GRIDS[0], width)
+        return self.estimate(grid, width)
+
+    def get(self, grid: int, width: int) -> StepTime:
+        """Timed here if it was, or if timing it fits what is left of the probe's share; else the estimate."""
+        guess = self.estimate(grid, width)
+        if guess.measured or self.spent_s + 3 * guess.seconds + 1.0 > self.allowance_s:
+            return guess
+        return self.measure(grid, width)
 
 
 def _family(fp: Fingerprint, grid: int) -> str:
@@ -222,12 +229,14 @@ def make_plan(
         return merge_dicts(cand, {"device": device, **{k: v for k, v in (user or {}).items() if k != "data"}})
 
     probe = None
+    estimate = timer
     if timer is None:
         allowance = max(MIN_PROBE_S, PROBE_SHARE * budget_s)
         probe = _Timer(config_for, fp.num_classes, allowance)
-        timer = probe.get
+        timer, estimate = probe.get, probe.estimate
+    assert estimate is not None
     widths = [int(given["model.ngf"])] if "model.ngf" in given else [16, 32]
-    decided = _decide(fp, family, given, widths, budget_s, device, timer, memory_gb)
+    decided = _decide(fp, family, given, widths, budget_s, device, timer, estimate, memory_gb)
     step = timer(decided.grid, decided.width)
     predicted = int(budget_s / step.seconds)
     if predicted < 1:
@@ -290,6 +299,7 @@ def _decide(
     budget_s: float,
     device: str,
     timer: Callable[[int, int], StepTime],
+    estimate: Callable[[int, int], StepTime],
     memory_gb: float | None = None,
 ) -> _Decision:
     """Grid and width: the finest grid whose budget holds the steps it needs at the narrowest width
@@ -298,8 +308,17 @@ def _decide(
     narrow, notes = min(widths), []
     need = MIN_STEPS[family]
 
+    def held(grid: int, width: int, threshold: int) -> int:
+        """Steps the budget holds; timed here (``timer``) only where the estimate is near the threshold."""
+        guess = estimate(grid, width).seconds
+        if 0.5 * threshold <= budget_s / guess <= 2 * threshold:
+            return int(budget_s / timer(grid, width).seconds)
+        return int(budget_s / guess)
+
     def fits(grid: int, width: int) -> bool:
-        used = timer(grid, width).memory_gb
+        used = estimate(grid, width).memory_gb
+        if memory_gb is not None and used is not None and used > 0.5 * MEMORY_SHARE * memory_gb:
+            used = timer(grid, width).memory_gb  # near the limit: measured
         return memory_gb is None or used is None or used <= MEMORY_SHARE * memory_gb
 
     if "data.size" in given:
@@ -307,22 +326,22 @@ def _decide(
         grid_reason = "your grid"
     else:
         top = grid = _top_grid(fp, device)
-        while grid > GRIDS[0] and (budget_s / timer(grid, narrow).seconds < need or not fits(grid, narrow)):
+        while grid > GRIDS[0] and (held(grid, narrow, need) < need or not fits(grid, narrow)):
             grid //= 2
-        held = int(budget_s / timer(grid, narrow).seconds)
-        if held < need:
-            grid_reason = f"the smallest grid planned: ~{held} steps at width {narrow} (< {need}, see the note)"
+        steps = held(grid, narrow, need)
+        if steps < need:
+            grid_reason = f"the smallest grid planned: ~{steps} steps at width {narrow} (< {need}, see the note)"
         elif grid == top:
             grid_reason = (
-                f"the data's {fp.native_edge}-voxel extent fills {grid}³; the budget holds ~{held} steps at "
+                f"the data's {fp.native_edge}-voxel extent fills {grid}³; the budget holds ~{steps} steps at "
                 f"width {narrow} (>= {need} needed)"
             )
         else:
-            at_top = int(budget_s / timer(top, narrow).seconds)
-            grid_reason = f"{top}³ would hold only ~{at_top} steps (< {need} needed); {grid}³ holds ~{held}"
+            at_top = held(top, narrow, need)
+            grid_reason = f"{top}³ would hold only ~{at_top} steps (< {need} needed); {grid}³ holds ~{steps}"
         if top == MAX_GRID["cpu"] and not device.startswith("cuda") and fp.native_edge > top:
             notes.append(f"grids above {top}³ are not planned on a CPU (too slow to train); set data.size to force")
-    per_step = timer(grid, min(widths)).seconds
+    per_step = estimate(grid, min(widths)).seconds
     if budget_s / per_step < need:
         notes.append(
             f"the budget holds ~{int(budget_s / per_step)} steps at {grid}³, fewer than the ~{need} the measured "
@@ -331,7 +350,7 @@ def _decide(
     if len(widths) == 1:
         return _Decision(grid, widths[0], grid_reason, "your width", notes)
     wide = max(widths)
-    wide_steps = int(budget_s / timer(grid, wide).seconds)
+    wide_steps = held(grid, wide, WIDE_STEPS[family])
     if wide_steps >= WIDE_STEPS[family] and fits(grid, wide):
         width = wide
         width_reason = (
@@ -340,7 +359,7 @@ def _decide(
         )
     else:
         width = narrow
-        narrow_steps = int(budget_s / timer(grid, narrow).seconds)
+        narrow_steps = held(grid, narrow, MIN_STEPS[family])
         width_reason = (
             f"~{narrow_steps} steps at width {narrow} vs ~{wide_steps} at {wide}: half widths reached the "
             "targets sooner in every CPU budget measured"
