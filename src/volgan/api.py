@@ -22,7 +22,14 @@ from volgan import perf
 from volgan.config import Config, PerfConfig
 from volgan.data.volume_set import VolumeSet
 from volgan.errors import ConfigError, VolganError
-from volgan.sampling import LoadedGenerator, class_index, generate, load_generator, write_samples
+from volgan.sampling import (
+    LoadedGenerator,
+    class_index,
+    default_batch_size,
+    generate,
+    load_generator,
+    write_samples,
+)
 
 log = logging.getLogger("volgan")
 
@@ -31,15 +38,6 @@ if TYPE_CHECKING:
 
     from volgan.models import AnyGenerator
     from volgan.training import TrainResult
-
-# Sampling throughput grows with the batch up to about 2^22 voxels per pass on a CPU
-# (benchmarks/sample.py); the CLI uses the same rule.
-_VOXELS_PER_PASS = 2**22
-
-
-def default_batch_size(size: int) -> int:
-    """Volumes per forward pass at ``size``³ when none is given: 16 at 64³, 2 at 128³, at most 64."""
-    return max(1, min(64, _VOXELS_PER_PASS // size**3))
 
 
 class VolumeGenerator:

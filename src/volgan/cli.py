@@ -467,7 +467,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from volgan.device import resolve_device
     from volgan.interpolate import check_flags
     from volgan.safety import check_bytes
-    from volgan.sampling import class_index, generate, load_generator, write_samples
+    from volgan.sampling import class_index, default_batch_size, generate, load_generator, write_samples
 
     check_flags(args)
     args.n = 8 if args.n is None else args.n
@@ -492,7 +492,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise VolganError("--interpolate runs in one process; start it without torchrun")
         return cmd_interpolate(args, VolumeGenerator(loaded))
     # Throughput grows with the batch up to ~2^22 voxels per pass on a CPU (benchmarks/sample.py).
-    batch_size = args.batch_size or max(1, min(64, 2**22 // loaded.size**3))
+    batch_size = args.batch_size or default_batch_size(loaded.size)
     all_classes = list(range(loaded.num_classes)) or [0]  # an unconditional model has one "class"
     classes = [class_index(loaded, k) for k in args.klass] if args.klass else all_classes
     if args.n * len(classes) > args.max_volumes:

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from volgan import checkpoint as ckpt
-from volgan.api import VolumeGenerator, default_batch_size
+from volgan.api import VolumeGenerator
 from volgan.errors import VolganError
 from volgan.safety import inside, make_output_dir, safe_name, safe_names
-from volgan.sampling import generate_from_latents, latent_for, write_volume
+from volgan.sampling import default_batch_size, generate_from_latents, latent_for, write_volume
 
 MAX_STEPS = 1000
 
