@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from volgan import checkpoint as ckpt
-from volgan import distributed, growth, perf, updates
+from volgan import distributed, growth, perf, schedule, updates
 from volgan.augment import AdaptiveP, DiffAugment3d
 from volgan.config import Config, save_config, surface_level
 from volgan.data.dataset import VolumeSet
@@ -172,6 +172,7 @@ class Trainer:
         # wall-clock seconds this run has trained, over all its fit() calls and resumes
         # (train.budget_minutes); read from ``clock``, which tests replace
         self.trained_seconds = 0.0
+        self.plan = schedule.step_plan(cfg.train, self.step, self.trained_seconds, self.growth)  # the next step's
         self.clock = time.perf_counter
         self.stream = BatchStream(len(data.labels), t.batch_size, cfg.seed)
         self._stop_signal: int | None = None
@@ -258,8 +259,8 @@ class Trainer:
 
     def _train_step(self) -> dict[str, float]:
         d = self.discriminator
-        self._set_growth()
-        self._set_learning_rates()
+        self.plan = schedule.step_plan(self.cfg.train, self.step, self.trained_seconds, self.growth)
+        self._apply_plan(self.plan)
         values = updates.wgan_gp_step(self, d) if isinstance(d, Critic) else updates.dcgan_step(self, d)
         self.step += 1
         if self.augment is not None:
@@ -274,48 +275,28 @@ class Trainer:
                 values["aug_signal"] = self.ada.last_signal
         return values
 
-    def _set_learning_rates(self) -> None:
-        """train.lr_decay "linear": this step's rates, base × (1 − the part of the run done), where the
-        part done is step / train.steps, or the part of train.budget_minutes spent if that is larger.
-        The step and the trained seconds are in every checkpoint, so a resumed run continues the
-        schedule where it stopped (exactly, for a schedule of steps alone)."""
-        t = self.cfg.train
-        if t.lr_decay == "none":
-            return
-        scale = 1.0 - self.part_done()
-        for opt, base in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
-            for group in opt.param_groups:
-                group["lr"] = base * scale
-
-    def part_done(self) -> float:
-        """The part of the run done: step / train.steps, or the part of train.budget_minutes spent
-        if that is larger (0 at the start, 1 at the end)."""
-        return min(1.0, max(self.step / self.cfg.train.steps, self.budget_spent()))
+    def _apply_plan(self, plan: schedule.StepPlan) -> None:
+        """This step's learning rates (train.lr_decay; the step and the trained seconds are in every
+        checkpoint, so a resumed run continues the schedule) and growth level on both networks (the
+        EMA restarts its warm-up when a finer level begins, so it averages the weights that level trains)."""
+        if self.cfg.train.lr_decay != "none":
+            for opt, base in ((self.opt_g, self.cfg.train.lr_g), (self.opt_d, self.cfg.train.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = base * plan.lr_scale
+        if plan.level is not None:
+            self.generator.set_growth(plan.level, plan.fade)
+            self.discriminator.set_growth(plan.level, plan.fade)
+            if plan.new_phase:
+                self.ema.restart()
+                log.info("step %d: growing to %d³", self.step + 1, self.cfg.data.size // 2**plan.level)
 
     def mode_seeking_weight(self) -> float:
-        """This step's weight of the mode-seeking term: train.mode_seeking, or with
-        train.mode_seeking_end the straight line between the two over the part of the run done."""
-        t = self.cfg.train
-        if t.mode_seeking_end is None:
-            return t.mode_seeking
-        return t.mode_seeking + (t.mode_seeking_end - t.mode_seeking) * self.part_done()
+        """This step's weight of the mode-seeking term (:func:`volgan.schedule.step_plan`)."""
+        return schedule.step_plan(self.cfg.train, self.step, self.trained_seconds).mode_seeking
 
     def budget_spent(self) -> float:
         """The part of train.budget_minutes this run has trained (0 without a budget; 1 = spent)."""
-        budget = self.cfg.train.budget_minutes
-        return min(1.0, self.trained_seconds / (60 * budget)) if budget else 0.0
-
-    def _set_growth(self) -> None:
-        """Progressive growing: this step's level and fade on both networks. The EMA restarts its
-        warm-up when a finer level begins, so it averages the weights that level trains."""
-        if self.growth is None:
-            return
-        level, alpha = self.growth.at(self.step)
-        self.generator.set_growth(level, alpha)
-        self.discriminator.set_growth(level, alpha)
-        if self.step and self.growth.phase(self.step) != self.growth.phase(self.step - 1):
-            self.ema.restart()
-            log.info("step %d: growing to %d³", self.step + 1, self.cfg.data.size // 2**level)
+        return schedule.budget_spent(self.cfg.train, self.trained_seconds)
 
     def augmented(self, x: torch.Tensor) -> torch.Tensor:
         """What the critic/discriminator sees of a batch: x augmented (augment.enabled), else x."""
@@ -344,12 +325,8 @@ class Trainer:
         return x + sigma * self.draw(torch.randn, *x.shape[1:]).to(x.dtype) if sigma > 0 else x
 
     def instance_noise(self) -> float:
-        """Std of the noise on the discriminator's inputs at this step (Sønderby et al. 2016): real
-        occupancy grids are exactly binary, so without it D wins on "softness" alone."""
-        t = self.cfg.train
-        if not t.instance_noise_steps:
-            return t.instance_noise
-        return t.instance_noise * max(0.0, 1.0 - self.step / t.instance_noise_steps)
+        """Std of the noise on the discriminator's inputs at this step (:func:`volgan.schedule.step_plan`)."""
+        return schedule.step_plan(self.cfg.train, self.step, self.trained_seconds).instance_noise
 
     def generator_update(self, loss_g: torch.Tensor) -> None:
         self.opt_g.zero_grad(set_to_none=True)

@@ -87,7 +87,7 @@ def wgan_gp_step(tr: Trainer, d: Critic) -> dict[str, float]:
     d.requires_grad_(True)
     loss_g = generator_loss(fake_scores.float())
     if t.mode_seeking:
-        loss_g = loss_g + tr.mode_seeking_weight() * mode_seeking_loss(generated, z, pool=t.mode_seeking_pool)
+        loss_g = loss_g + tr.plan.mode_seeking * mode_seeking_loss(generated, z, pool=t.mode_seeking_pool)
     if logits is not None:
         loss_g = loss_g + tr.cfg.model.ac_weight * F.cross_entropy(logits.float(), labels)
     tr.generator_update(loss_g)
@@ -100,7 +100,7 @@ def dcgan_step(tr: Trainer, d: DCGANDiscriminator) -> dict[str, float]:
     t, g = tr.cfg.train, tr.generator
     real, labels = tr.real_batch()
     real = (real + 1) / 2  # the data's [-1, 1] -> the sigmoid's [0, 1]
-    sigma = tr.instance_noise()
+    sigma = tr.plan.instance_noise
     z, fake_labels = tr.draw(torch.randn, g.latent_dim), tr.paired(labels)
     with tr.amp():
         fake = tr.g_call(z, fake_labels)
@@ -126,7 +126,7 @@ def dcgan_step(tr: Trainer, d: DCGANDiscriminator) -> dict[str, float]:
     if fake_classes is not None:  # ... and asks the generator for volumes of the requested class
         loss_g = loss_g + tr.cfg.model.ac_weight * F.cross_entropy(fake_classes.float(), fake_labels)
     if t.mode_seeking:
-        loss_g = loss_g + tr.mode_seeking_weight() * mode_seeking_loss(fake, z, pool=t.mode_seeking_pool)
+        loss_g = loss_g + tr.plan.mode_seeking * mode_seeking_loss(fake, z, pool=t.mode_seeking_pool)
     d.requires_grad_(True)
     tr.generator_update(loss_g)
     return {
