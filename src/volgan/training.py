@@ -168,6 +168,26 @@ class Trainer:
         value_range = (0.0, 1.0) if cfg.model.family == "dcgan" else (-1.0, 1.0)  # what the discriminator sees
         self.augment = DiffAugment3d(a, value_range) if a.enabled else None
         self.ada = AdaptiveP(a) if a.enabled and a.adaptive else None
+        # the family's step, and what it is called with: explicit inputs, no Trainer
+        self.family_step = (updates.WGANGPStep if isinstance(self.discriminator, Critic) else updates.DCGANStep)(cfg)
+        self.nets = updates.Nets(
+            self.generator, self.g_call, self.discriminator, self.d_call, self.d_params, self.opt_g, self.opt_d
+        )
+        self.services = updates.StepServices(
+            batch=self.real_batch,
+            draw=self.draw,
+            amp=self.amp,
+            augment=self.augmented,
+            paired=self.paired,
+            targets=self.targets,
+            noisy=self.noisy,
+            check_finite=self.check_finite,
+            generator_update=self.generator_update,
+            ada=self.ada,
+            dist=dist,
+            device=self.device,
+            native=self.native,
+        )
         self.step = 0
         # wall-clock seconds this run has trained, over all its fit() calls and resumes
         # (train.budget_minutes); read from ``clock``, which tests replace
@@ -258,10 +278,9 @@ class Trainer:
             return self._train_step()
 
     def _train_step(self) -> dict[str, float]:
-        d = self.discriminator
         self.plan = schedule.step_plan(self.cfg.train, self.step, self.trained_seconds, self.growth)
         self._apply_plan(self.plan)
-        values = updates.wgan_gp_step(self, d) if isinstance(d, Critic) else updates.dcgan_step(self, d)
+        values = self.family_step(self.nets, self.services, self.plan)
         self.step += 1
         if self.augment is not None:
             if self.ada is not None and self.ada.due(self.step):
