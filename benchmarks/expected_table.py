@@ -46,7 +46,7 @@ def row(label: str, runs: list[dict[str, Any]]) -> str:
     minutes = _median([r["settings"]["minutes"] for r in runs])
     speckle = [p["speckle_share"] for p in last if p.get("speckle_share") is not None]
     speckle_real = [p["speckle_share_real"] for p in last if p.get("speckle_share_real") is not None]
-    spk = f"{_median(speckle):.3f} ({_median(speckle_real):.3f})" if speckle else "–"
+    spk = f"{_median(speckle):.3f} ({_median(speckle_real):.3f})" if len(speckle) == len(last) else "–"
     return (
         f"| {label} | {minutes:g} min | {len(runs)} | {_median([p['steps'] for p in last]):.0f} | "
         f"{', '.join(names[f] for f in sorted(family))} | {_median([p['fd_ratio'] for p in last]):.2f} | "
