@@ -244,6 +244,12 @@ def make_plan(
             f"{minutes:g} minutes hold no generator step at {decided.grid}³ on this machine; "
             f"the smallest plan needs ~{step.seconds:.0f} s"
         )
+    if predicted < MIN_STEPS[family]:  # from the step time the plan rests on (timed here where it could be)
+        decided.notes.append(
+            f"the budget holds ~{predicted} steps at {decided.grid}³, fewer than the ~{MIN_STEPS[family]} the "
+            f"measured runs needed: expect rough samples; --minutes {math.ceil(MIN_STEPS[family] * step.seconds / 60)} "
+            "would hold them"
+        )
     # occupancy on its own grid or finer stays two-valued; resampled coarser it holds partial volumes
     binary = bool(given.get("data.binary", fp.occupancy_like and fp.native_edge <= decided.grid))
     recipe = flatten(_recipe(family, decided.grid, decided.width, conditional, minutes, binary, steps=3 * predicted))
@@ -341,12 +347,6 @@ def _decide(
             grid_reason = f"{top}³ would hold only ~{at_top} steps (< {need} needed); {grid}³ holds ~{steps}"
         if top == MAX_GRID["cpu"] and not device.startswith("cuda") and fp.native_edge > top:
             notes.append(f"grids above {top}³ are not planned on a CPU (too slow to train); set data.size to force")
-    per_step = estimate(grid, min(widths)).seconds
-    if budget_s / per_step < need:
-        notes.append(
-            f"the budget holds ~{int(budget_s / per_step)} steps at {grid}³, fewer than the ~{need} the measured "
-            f"runs needed: expect rough samples; --minutes {math.ceil(need * per_step / 60)} would hold them"
-        )
     if len(widths) == 1:
         return _Decision(grid, widths[0], grid_reason, "your width", notes)
     wide = max(widths)
