@@ -20,17 +20,12 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
 from volgan.config import Config, build_config
-from volgan.data.stream import BatchStream
 from volgan.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from volgan.training import Trainer
 
 log = logging.getLogger("volgan")
 
@@ -345,72 +340,3 @@ def saved_config(state: dict[str, Any]) -> dict[str, Any]:
 def config_from_checkpoint(state: dict[str, Any], source: Path) -> Config:
     """The run config a checkpoint was written with (:func:`saved_config`), validated as any config is."""
     return build_config(saved_config(state), f"{source} (config)")
-
-
-# -- a training run's round trip ------------------------------------------------------------
-
-
-def training_state(tr: Trainer) -> dict[str, Any]:
-    """Everything an exact resume needs: weights, optimisers, EMA, random streams, data order, the
-    augmentation's p, and what sampling needs without the data (classes, intensities, geometry)."""
-    return {
-        "step": tr.step,
-        "config": tr.cfg.to_dict(),
-        "num_classes": tr.num_classes,
-        "class_names": list(tr.data.class_names),
-        "intensity_range": [float(v) for v in tr.data.intensity_range],
-        "spacing": float(tr.data.spacing),
-        "affine": np.asarray(tr.data.affine, dtype=np.float64).tolist(),
-        "generator": tr.generator.state_dict(),
-        "discriminator": tr.discriminator.state_dict(),
-        "ema": tr.ema.ready(seed=tr.cfg.seed).state_dict(),
-        "ema_updates": tr.ema.updates,
-        "trained_seconds": tr.trained_seconds,
-        "opt_g": tr.opt_g.state_dict(),
-        "opt_d": tr.opt_d.state_dict(),
-        "rng": tr.rng.state(),
-        "data_state": tr.stream.state(),
-        "distributed": tr.run_facts(),
-        "augment": _augment_state(tr),
-    }
-
-
-def _augment_state(tr: Trainer) -> dict[str, Any]:
-    if tr.augment is None:
-        return {}
-    return {"p": tr.augment.p, **(tr.ada.state() if tr.ada is not None else {})}
-
-
-def restore_training_state(tr: Trainer, where: Path, state: dict[str, Any] | None = None) -> None:
-    """Put the run in ``where`` (a run folder or checkpoint; ``state``: it, already loaded) back into
-    ``tr``, refusing a checkpoint of another architecture or other classes with a one-line error."""
-    path = resolve_checkpoint(where)
-    if state is None:
-        state = load_checkpoint(path, map_location=tr.device)
-    require_keys(state, TRAINING_KEYS, path)
-    check_compatible(state["config"], tr.cfg, path)
-    if state["class_names"] != list(tr.data.class_names) or state["num_classes"] != tr.num_classes:
-        raise CheckpointError(
-            f"{path}: trained on classes {state['class_names']}, the data has {list(tr.data.class_names)}"
-        )
-    try:
-        tr.generator.load_state_dict(state["generator"])
-        tr.discriminator.load_state_dict(state["discriminator"])
-        tr.ema.module.load_state_dict(state["ema"])
-        tr.opt_g.load_state_dict(state["opt_g"])
-        tr.opt_d.load_state_dict(state["opt_d"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: weights do not fit this model ({describe_load_error(e)})") from None
-    augment_state = state.get("augment") or {}
-    if tr.augment is not None and "p" in augment_state:  # a run without augmentation restarts it at p
-        tr.augment.p = float(augment_state["p"])
-        if tr.ada is not None and "total" in augment_state:
-            tr.ada.load(augment_state)
-    tr.ema.updates = int(state["ema_updates"])
-    tr.ema.mark_calibrated()
-    tr.step = int(state["step"])
-    tr.trained_seconds = float(state.get("trained_seconds", 0.0))  # absent before train.budget_minutes
-    tr.stream = BatchStream(len(tr.data.labels), tr.cfg.train.batch_size, tr.cfg.seed, **state["data_state"])
-    tr.rng.load(state["rng"])
-    tr.last_checkpoint = path
-    log.info("resumed from %s at step %d", path, tr.step)

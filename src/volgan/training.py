@@ -31,7 +31,7 @@ from volgan.data.dataset import VolumeSet
 from volgan.data.stream import BatchStream
 from volgan.device import resolve_device
 from volgan.ema import EMA
-from volgan.errors import ConfigError, VolganError
+from volgan.errors import CheckpointError, ConfigError, VolganError
 from volgan.losses import (
     label_targets,
 )
@@ -200,7 +200,7 @@ class Trainer:
         if dist.is_main:  # only rank 0 touches the run folder
             check_unlocked(self.run_dir)  # refuse early; fit() takes the lock itself
         if resume is not None:
-            ckpt.restore_training_state(self, resume, resume_state)
+            self.load_state_dict(resume, resume_state)
         elif dist.is_main and ckpt.list_checkpoints(self.run_dir):
             raise VolganError(
                 f"{self.run_dir}: run folder already holds checkpoints; "
@@ -210,8 +210,65 @@ class Trainer:
 
     # -- checkpoint round trip -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs (:func:`volgan.checkpoint.training_state`)."""
-        return ckpt.training_state(self)
+        """Everything an exact resume needs: weights, optimisers, EMA, random streams, data order, the
+        augmentation's p, and what sampling needs without the data (classes, intensities, geometry)."""
+        augment = {} if self.augment is None else {"p": self.augment.p, **(self.ada.state() if self.ada else {})}
+        return {
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "num_classes": self.num_classes,
+            "class_names": list(self.data.class_names),
+            "intensity_range": [float(v) for v in self.data.intensity_range],
+            "spacing": float(self.data.spacing),
+            "affine": np.asarray(self.data.affine, dtype=np.float64).tolist(),
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "ema": self.ema.ready(seed=self.cfg.seed).state_dict(),
+            "ema_updates": self.ema.updates,
+            "trained_seconds": self.trained_seconds,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": self.rng.state(),
+            "data_state": self.stream.state(),
+            "distributed": self.run_facts(),
+            "augment": augment,
+        }
+
+    def load_state_dict(self, where: Path, state: dict[str, Any] | None = None) -> None:
+        """Put the run in ``where`` (a run folder or checkpoint; ``state``: it, already loaded) back,
+        refusing a checkpoint of another architecture or other classes with a one-line error."""
+        path = ckpt.resolve_checkpoint(where)
+        if state is None:
+            state = ckpt.load_checkpoint(path, map_location=self.device)
+        ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
+        ckpt.check_compatible(state["config"], self.cfg, path)
+        if state["class_names"] != list(self.data.class_names) or state["num_classes"] != self.num_classes:
+            raise CheckpointError(
+                f"{path}: trained on classes {state['class_names']}, the data has {list(self.data.class_names)}"
+            )
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.ema.module.load_state_dict(state["ema"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: weights do not fit this model ({ckpt.describe_load_error(e)})") from None
+        augment_state = state.get("augment") or {}
+        if self.augment is not None and "p" in augment_state:  # a run without augmentation restarts it at p
+            self.augment.p = float(augment_state["p"])
+            if self.ada is not None and "total" in augment_state:
+                self.ada.load(augment_state)
+        self.ema.updates = int(state["ema_updates"])
+        self.ema.mark_calibrated()
+        self.step = int(state["step"])
+        self.trained_seconds = float(state.get("trained_seconds", 0.0))  # absent before train.budget_minutes
+        self.stream = BatchStream(
+            len(self.data.labels), self.cfg.train.batch_size, self.cfg.seed, **state["data_state"]
+        )
+        self.rng.load(state["rng"])
+        self.last_checkpoint = path
+        log.info("resumed from %s at step %d", path, self.step)
 
     def run_facts(self) -> dict[str, Any]:
         """World size and batch split of this run (saved with every checkpoint and in the run folder)."""
