@@ -10,6 +10,7 @@ process-wide state (no seeds, no allocator or TF32 settings).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from monai.data import MetaTensor
 
     from volgan.models import AnyGenerator
-    from volgan.training import TrainResult
 
 
 class VolumeGenerator:
@@ -343,6 +343,21 @@ def load(
     return VolumeGenerator(load_generator(where, ema=ema, device=device, perf_cfg=perf_cfg), perf_cfg)
 
 
+@dataclasses.dataclass
+class Run:
+    """A finished (or interrupted) training run, as :func:`train` returns it: its folder, step, newest
+    checkpoint, and whether a signal stopped it; :meth:`load` gives its generator."""
+
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    interrupted: bool = False
+
+    def load(self, **kwargs: Any) -> VolumeGenerator:
+        """The run's generator (:func:`load` of its checkpoint; same keyword arguments)."""
+        return load(self.checkpoint or self.run_dir, **kwargs)
+
+
 def train(
     config: Config | Mapping[str, Any] | str | Path | None = None,
     data: str | Path | VolumeSet | Any | None = None,
@@ -354,7 +369,7 @@ def train(
     minutes: float | None = None,
     preset: str | None = None,
     **overrides: Any,
-) -> TrainResult:
+) -> Run:
     """Train a GAN as ``volgan train`` does, in this process; returns the run (``.load()`` gives its generator).
 
     ``config``: a :class:`~volgan.config.Config`, a mapping of sections or a YAML path, trained as
@@ -431,7 +446,7 @@ def train(
     if plan is not None:
         log.info("planned for %g min (%s):\n%s", plan.minutes, plan.budget_from, plan.summary())
         write_plan(Path(cfg.run_dir), plan)
-    return trainer.fit()
+    return Run(**dataclasses.asdict(trainer.fit()))
 
 
 def _edge(data: Any) -> int | None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +41,6 @@ from volgan.rng import RunRNG
 from volgan.runlock import RunLock, check_unlocked
 from volgan.runlog import RunLogger, log_preview_images, write_run_figures
 
-if TYPE_CHECKING:
-    from volgan.api import VolumeGenerator
-
 log = logging.getLogger("volgan")
 
 
@@ -64,16 +61,13 @@ def resolve_num_classes(cfg: Config, data: VolumeSet) -> int:
 
 @dataclass
 class TrainResult:
+    """Where a run stands after ``fit()``: its folder, step, newest checkpoint, and whether a signal
+    stopped it (:func:`volgan.train` returns it with ``.load()``)."""
+
     run_dir: Path
     step: int
     checkpoint: Path | None
     interrupted: bool = False
-
-    def load(self, **kwargs: Any) -> VolumeGenerator:
-        """The run's generator (``volgan.load`` of its checkpoint; same keyword arguments)."""
-        from volgan.api import load
-
-        return load(self.checkpoint or self.run_dir, **kwargs)
 
 
 class _Recorder:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from volgan.evaluation.evaluate import Labelled
+    from volgan.evaluation.labelled import Labelled
 
 OVERALL = "overall"
 PERCENTILES = (1, 5)

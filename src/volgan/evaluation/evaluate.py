@@ -37,6 +37,7 @@ from volgan.evaluation.classifier import (
     predict,
     train_classifier,
 )
+from volgan.evaluation.labelled import Labelled
 
 log = logging.getLogger("volgan")
 
@@ -53,20 +54,6 @@ METRICS: dict[str, tuple[str, str]] = {
     "mmd_linear_voxel": ("MMD² of raw voxels, linear kernel (MONAI MMDMetric)", "closer to 0"),
     "w1_intensity": ("Wasserstein-1 distance between voxel-intensity histograms", "lower"),
 }
-
-
-@dataclass
-class Labelled:
-    """A labelled volume set: ``volumes`` (N, S, S, S) float32 in [-1, 1], ``labels`` (N,) indices
-    into ``class_names``."""
-
-    volumes: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-    source: str
-
-    def of(self, k: int) -> np.ndarray:
-        return self.volumes[self.labels == k]
 
 
 @dataclass
