@@ -238,6 +238,7 @@ class Scorer:
         self.shown: list[tuple[str, np.ndarray]] = []
         # the second feature space (no network trained for it) and the speckle level, from real data only
         self.pca = PCASpace.fit(np.asarray(ds.train.volumes), seed=a.seed)
+        self.real_pca = self.pca.features(ds.held_out.volumes)  # once: the held-out set never changes
         self.level = otsu_level(ds.held_out.volumes)
         self.real_speckle = {f"{k}_real": v for k, v in speckle(ds.held_out.volumes, self.level).items()}
 
@@ -266,10 +267,9 @@ class Scorer:
             )
         )
         point |= pca_fd(
-            self.pca,
-            self.ds.held_out.volumes,
+            self.real_pca,
             self.ds.held_out.labels,
-            synthetic.volumes,
+            self.pca.features(synthetic.volumes),
             seed=self.a.seed,
             n_splits=self.a.splits,
             n_draws=self.a.draws,

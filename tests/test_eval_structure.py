@@ -43,8 +43,9 @@ def test_pca_fd_is_near_its_reference_for_the_same_distribution_and_far_for_anot
     labels = np.arange(80) % 2
     space = PCASpace.fit(train, components=8)
     assert pooled(train).shape == (80, 64) and space.features(real).shape == (80, 8)
-    same = pca_fd(space, real, labels, blobs(80, 0.0), n_splits=3)
-    other = pca_fd(space, real, labels, blobs(80, 1.0), n_splits=3)
+    feats = space.features(real)
+    same = pca_fd(feats, labels, space.features(blobs(80, 0.0)), n_splits=3)
+    other = pca_fd(feats, labels, space.features(blobs(80, 1.0)), n_splits=3)
     assert same["pca_fd_ratio"] < 3 and other["pca_fd_ratio"] > 10 * same["pca_fd_ratio"]
     with pytest.raises(ValueError, match="at least 3 training volumes"):
         PCASpace.fit(train[:2])

@@ -53,20 +53,18 @@ class PCASpace:
 
 
 def pca_fd(
-    space: PCASpace,
-    real: np.ndarray,
+    feats: np.ndarray,
     real_labels: np.ndarray,
-    synthetic: np.ndarray,
+    fake: np.ndarray,
     *,
     seed: int = 0,
     n_splits: int = 1,
     n_draws: int = 3,
 ) -> dict[str, float]:
-    """FD in ``space`` of synthetic volumes against half of the real set, beside the real-vs-real
-    FD of the two halves (the reference), averaged over ``n_splits`` class-stratified splits; the
-    synthetic set is subsampled to the half's size ``n_draws`` times so both FDs see as many volumes."""
-    fake = space.features(synthetic)
-    feats = space.features(real)
+    """FD of synthetic features ``fake`` against half of the real features ``feats`` (both
+    :meth:`PCASpace.features`), beside the real-vs-real FD of the two halves (the reference),
+    averaged over ``n_splits`` class-stratified splits; the synthetic set is subsampled to the
+    half's size ``n_draws`` times so both FDs see as many volumes."""
     fds, refs = [], []
     rng = np.random.default_rng(seed)
     for r in range(n_splits):

@@ -164,16 +164,12 @@ class _Timer:
     def estimate(self, grid: int, width: int) -> StepTime:
         """Timed if it was, else scaled from the timed candidate closest in work (the cheapest
         candidate is timed first, so there is always one)."""
+        if not self.timed:
+            self.measure(min(grid, GRIDS[0]), width)
         if (grid, width) in self.timed:
             return self.timed[(grid, width)]
-        if not self.timed:
-            return self.measure(min(grid, GRIDS[0]), width) if grid <= GRIDS[0] else self._first(grid, width)
         base = min(self.timed.values(), key=lambda t: abs((t.grid / grid) ** 3 * (t.width / width) - 1))
         return scaled(base, grid, width)
-
-    def _first(self, grid: int, width: int) -> StepTime:
-        self.measure(GRIDS[0], width)
-        return self.estimate(grid, width)
 
     def get(self, grid: int, width: int) -> StepTime:
         """Timed here if it was, or if timing it fits what is left of the probe's share; else the estimate."""
@@ -229,12 +225,12 @@ def make_plan(
         return merge_dicts(cand, {"device": device, **{k: v for k, v in (user or {}).items() if k != "data"}})
 
     probe = None
-    estimate = timer
+    estimate: Callable[[int, int], StepTime]
     if timer is None:
-        allowance = max(MIN_PROBE_S, PROBE_SHARE * budget_s)
-        probe = _Timer(config_for, fp.num_classes, allowance)
+        probe = _Timer(config_for, fp.num_classes, max(MIN_PROBE_S, PROBE_SHARE * budget_s))
         timer, estimate = probe.get, probe.estimate
-    assert estimate is not None
+    else:
+        estimate = timer  # a given timer is exact: nothing to estimate
     widths = [int(given["model.ngf"])] if "model.ngf" in given else [16, 32]
     decided = _decide(fp, family, given, widths, budget_s, device, timer, estimate, memory_gb)
     step = timer(decided.grid, decided.width)
