@@ -1,9 +1,14 @@
+import importlib.util
+import re
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import yaml
+from pydantic.fields import FieldInfo
 
-from volgan.config import Config, load_config, parse_override
+from volgan.config import Config, default_yaml, load_config, parse_override, reference_rows
 from volgan.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,20 +87,121 @@ def test_example_configs_are_valid(path: Path) -> None:
     assert cfg != Config()
 
 
-def test_every_config_key_is_in_default_yaml_and_in_the_configuration_reference() -> None:
-    """A key added to the config is documented where users look: config/default.yaml and the
-    configuration reference page (a row naming `section.key`, or `key` in a row of `section.` keys)."""
-    reference = (REPO / "docs" / "reference" / "config.md").read_text()
-    rows = [line for line in reference.splitlines() if line.startswith("|")]
-    documented = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
-    for section, field in Config.model_fields.items():
-        keys = getattr(field.annotation, "model_fields", None)
-        if keys is None:  # a top-level key (seed, device, run_dir)
-            assert section in documented, f"config/default.yaml lacks {section}"
-            assert any(f"`{section}`" in r.split("|")[1] for r in rows), f"docs/reference/config.md lacks {section}"
+def _leaf_keys() -> list[str]:
+    """Every dotted key that holds a value, in declaration order, from the built-in defaults."""
+
+    def walk(d: dict[str, Any], prefix: str = "") -> list[str]:
+        return [k for key, v in d.items() for k in (walk(v, f"{key}.") if isinstance(v, dict) else [prefix + key])]
+
+    return walk(Config().to_dict())
+
+
+def _field(dotted: str) -> FieldInfo:
+    model: Any = Config
+    *sections, key = dotted.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return model.model_fields[key]
+
+
+def _hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_hook_reference", REPO / "docs" / "hooks" / "reference.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_yaml_is_written_from_the_descriptions() -> None:
+    """config/default.yaml (and so the preset seed-design, its copy) is default_yaml() to the byte: after
+    changing a description or a default, run scripts/write_config_docs.py."""
+    assert (REPO / "config" / "default.yaml").read_bytes() == default_yaml().encode("utf-8"), (
+        "config/default.yaml is stale: run python scripts/write_config_docs.py"
+    )
+
+
+def _yaml_comments(text: str) -> dict[str, str]:
+    """The comment of each dotted key of a default.yaml text, its continuation lines joined."""
+    out: dict[str, str] = {}
+    section = key = ""
+    for line in text.splitlines():
+        code, _, comment = line.partition("# ")
+        if not code.strip():  # the header, or a continuation line (indented)
+            if key and line.startswith(" "):
+                out[key] += " " + comment.strip()
             continue
-        for key in keys:
-            assert key in (documented.get(section) or {}), f"config/default.yaml lacks {section}.{key}"
-            named = [c for c in (r.split("|")[1] for r in rows) if f"`{section}." in c]
-            found = any(f"`{section}.{key}`" in c or f"`{key}`" in c for c in named)
-            assert found, f"docs/reference/config.md lacks {section}.{key}"
+        name, _, value = (part.strip() for part in code.partition(":"))
+        if line.startswith(" "):
+            key = f"{section}.{name}"
+        elif value:
+            section, key = "", name
+        else:  # a section's line: its comment is the section's description
+            section, key = name, ""
+            continue
+        out[key] = comment.strip()
+    return out
+
+
+def test_default_yaml_comments_are_the_descriptions_and_family_keys_stay_null() -> None:
+    text = default_yaml()
+    assert max(len(line) for line in text.splitlines()) <= 120
+    documented = yaml.safe_load(text)
+    comments = _yaml_comments(text)
+    assert list(comments) == _leaf_keys()
+    for key, default, meaning in reference_rows():
+        section, _, name = key.rpartition(".")
+        value = (documented[section] if section else documented)[name]
+        if default.startswith("family: "):
+            assert value is None, key
+            assert comments[key] == f"{meaning}; family default {default.removeprefix('family: ')}", key
+        else:
+            assert comments[key] == meaning, key
+    assert "#   volgan train --preset seed-design --data DIR" in text
+
+
+def test_every_key_has_a_description() -> None:
+    """The field's docstring is its description (use_attribute_docstrings): the one source of the key's
+    documentation. A key added without one fails here."""
+    keys = _leaf_keys()
+    assert len(keys) > 80
+    missing = [key for key in keys if not (_field(key).description or "").strip()]
+    assert not missing, f"config keys without a docstring in src/volgan/config.py: {missing}"
+
+
+def test_reference_rows_cover_every_key_once_in_order() -> None:
+    rows = reference_rows()
+    assert [key for key, _, _ in rows] == _leaf_keys()
+    by_key = {key: (default, meaning) for key, default, meaning in rows}
+    assert by_key["data.intensity_percentiles"][0] == "[0.5, 99.5]"
+    assert by_key["data.root"][0] == "null" and by_key["log.progress_bar"][0] == "true"
+    assert by_key["run_dir"][0] == "runs/default" and by_key["data.size"][0] == "64"
+    assert by_key["model.latent_dim"][0] == "family: 128 (wgan_gp) / 200 (dcgan)"
+    assert by_key["train.betas"][0] == "family: [0.0, 0.9] (wgan_gp) / [0.5, 0.999] (dcgan)"
+    for key, (_, meaning) in by_key.items():
+        assert meaning == " ".join((_field(key).description or "").split()), key
+
+
+def test_every_config_key_is_in_default_yaml() -> None:
+    documented = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    for key in _leaf_keys():
+        node = documented
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"config/default.yaml lacks {key}"
+            node = node[part]
+
+
+def test_configuration_reference_page_lists_every_key() -> None:
+    """docs/reference/config.md holds the marker; the MkDocs hook turns it into one table per section
+    with a row per key, its cells' `|` escaped so each row keeps three cells."""
+    page = (REPO / "docs" / "reference" / "config.md").read_text()
+    hook = _hook()
+    assert hook.CONFIG in page
+    built = hook.on_page_markdown(page, page=None)
+    assert hook.CONFIG not in built
+    rows = [line for line in built.splitlines() if line.startswith("| `")]
+    cells = [re.split(r"(?<!\\)\|", row)[1:-1] for row in rows]
+    assert all(len(c) == 3 for c in cells), [row for row, c in zip(rows, cells, strict=True) if len(c) != 3]
+    assert [c[0].strip().strip("`") for c in cells] == _leaf_keys()
+    for section in {key.rpartition(".")[0] for key in _leaf_keys()} - {""}:
+        assert f"\n## {section}\n" in built
+    assert "The `perf.*` keys change" in built

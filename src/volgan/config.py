@@ -7,14 +7,17 @@ are rejected with one line that names the file and the dotted key.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
+import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from volgan.errors import ConfigError
 from volgan.safety import DEFAULT_MAX_DECODED_GB, load_yaml, read_config_text, shown
@@ -23,8 +26,12 @@ _NUMBERS = (int, float, int | None, float | None)
 
 
 class _Section(BaseModel):
-    # inf/NaN would pass the range checks below (inf >= 0) and only surface as NaN losses mid-run
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # inf/NaN would pass the range checks below (inf >= 0) and only surface as NaN losses mid-run;
+    # the docstring below each field is its description, the one source of config/default.yaml's
+    # comments and of the configuration reference page (scripts/write_config_docs.py, docs/hooks)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -39,22 +46,33 @@ class DataConfig(_Section):
     """Where the volumes come from and how they are brought onto the training grid."""
 
     root: str | None = None
+    """a folder with one sub-folder per class (0/, 1/, ...), a folder of volumes (unconditional) or a
+    MedMNIST-style .npz file; null: give it with --data"""
     size: int = Field(64, ge=8, le=512)
+    """edge of the cubic training grid in voxels: base * 2**k with base in 4..7 (32, 48, 64, 96, 128, ...)"""
     resample: Literal["fit", "spacing", "none"] = "fit"
+    """fit: isotropic voxels so the whole field of view fits the grid, then pad; spacing: resample to
+    data.spacing mm, then pad or crop to the grid; none: no resampling, every volume must already be size³"""
     spacing: float | None = Field(None, gt=0)
+    """target voxel size in mm for resample: spacing"""
     orientation: str = "RAS"
+    """axis codes NIfTI volumes are reoriented to (e.g. RAS, LPS)"""
     interpolation: Literal["linear", "nearest"] = "linear"
+    """linear or nearest (nearest keeps label maps and masks binary)"""
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    """per-volume clip at these percentiles (low, high) before scaling to [-1, 1]"""
     binary: bool = False
-    """Expect occupancy grids: any volume not two-valued {0, m} is rejected; 0 -> -1 and 1 -> +1 exactly,
-    without percentile clipping; a resampled volume is re-thresholded at 0.5 so it stays binary."""
+    """expect occupancy grids: any volume not two-valued {0, m} is rejected; 0 -> -1 and m -> +1 exactly,
+    without percentile clipping; a resampled volume is re-thresholded at 0.5 so it stays binary"""
     threshold: float = Field(0.5, ge=0, le=1)
-    """Occupancy level in [0, 1] at which generated volumes are cut into solid/empty (meshes, renders)."""
+    """occupancy level in [0, 1] at which generated volumes are cut into solid and empty (meshes, renders)"""
     npz_split: str = "train"
+    """which split of a MedMNIST-style .npz to read (train, val, test)"""
     cache_dir: str | None = None
+    """folder of the preprocessed-volume cache; null: $VOLGAN_CACHE_DIR or ~/.cache/volgan"""
     max_decoded_gb: float = Field(DEFAULT_MAX_DECODED_GB, gt=0)
-    """Largest array (GB, counted as float32 at least) one input file may decode or resample to; a file
-    or setting past it is refused before anything is allocated."""
+    """largest array (GB, counted as float32 at least) one input file may decode or resample to; a file,
+    .npz member or data.spacing grid past it is refused before anything is allocated"""
 
     @field_validator("orientation")
     @classmethod
@@ -81,13 +99,11 @@ class DataConfig(_Section):
 
 
 # Defaults that differ between the families; a key left out (or null) in a config takes the
-# value of its model.family. WGAN-GP: Gulrajani et al. 2017 plus the mode-seeking term. DCGAN: the
-# 3D-GAN architecture (Wu et al. 2016) with settings that learn in a CPU budget, each measured on
-# ModelNet10 32³ (README, "Diversity within a class"); the paper's own settings are
-# the 3dgan-published preset.
+# value of its model.family. WGAN-GP: Gulrajani et al. 2017 plus the mode-seeking term, which ends
+# its one-volume-per-class phase. DCGAN: the 3D-GAN architecture (Wu et al. 2016) with settings
+# that learn in a CPU budget; the paper's own settings are the 3dgan-published preset. Why each
+# value: docs/diversity_measurements.md.
 FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    # mode_seeking: measured on AdrenalMNIST3D 32³ and 64³: the WGAN-GP leaves its
-    # one-volume-per-class phase in half the steps.
     "wgan_gp": {
         "model": {"latent_dim": 128, "ngf": 32, "ndf": 32, "ac_weight": 0.0, "minibatch_std": False},
         "train": {
@@ -101,14 +117,10 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "real_label": 1.0,
         },
     },
-    # The paper's D-accuracy gate (0.8) freezes D and the generator collapses onto D's favourite
-    # volume; the paper's D learning rate (1e-5) never lets D keep up. Without the gate, with
-    # one-sided label smoothing, an AC head and minibatch-stddev the 3D-GAN keeps its classes but
-    # still draws one shape per class; a weak mode-seeking term (0.2) ends that. How much diversity
-    # a weight buys depends on the data: on ModelNet10 weight 1 brings the within-class MS-SSIM to
-    # within 5 % of real's (0.2: 36-44 % above; the voxel32 preset uses 1), while
-    # on the demo's objects 0.5 and 1 overshoot real's diversity and lose the classes (62 %, 29 %
-    # class consistency against 90 % at 0.2).
+    # No D-accuracy gate (the paper's 0.8 freezes D and the generator collapses onto one volume)
+    # and a faster D than the paper's 1e-5; one-sided label smoothing, an AC head and
+    # minibatch-stddev keep the classes; a weak mode-seeking term keeps the shapes within a class
+    # apart (the voxel32 preset uses a stronger one for real shapes).
     "dcgan": {
         "model": {"latent_dim": 200, "ngf": 32, "ndf": 32, "ac_weight": 1.0, "minibatch_std": True},
         "train": {
@@ -129,70 +141,116 @@ class ModelConfig(_Section):
     """Architecture of the generator and the critic (WGAN-GP) or discriminator (DCGAN)."""
 
     family: Literal["wgan_gp", "dcgan"] = "wgan_gp"
+    """wgan_gp (conditional WGAN-GP, Tanh output) or dcgan (3D-GAN, sigmoid output); it sets the defaults
+    of the keys left null"""
     # upper bounds: past them one layer alone needs gigabytes (a 2048-to-2048 4³ conv is 1 GB of weights)
     latent_dim: int = Field(128, ge=1, le=8192)
+    """length of the noise vector (at most 8192)"""
     num_classes: int | None = Field(None, ge=0, le=100_000)
+    """number of classes; null: from the data; 0: unconditional"""
     embed_dim: int = Field(64, ge=1, le=4096)
+    """width of the class embedding for the generator's conditional InstanceNorm (at most 4096)"""
     ngf: int = Field(32, ge=1, le=1024)
+    """generator width at the finest resolution, doubling per stage down (at most 1024; the 3D-GAN paper: 64,
+    i.e. 512-256-128-64 at 64³)"""
     ndf: int = Field(32, ge=1, le=1024)
+    """critic/discriminator width at the finest resolution, doubling per stage down (at most 1024; the
+    3D-GAN paper: 64)"""
     max_channels: int = Field(512, ge=1, le=2048)
+    """cap on the channels of any stage (at most 2048)"""
     ac_weight: float = Field(0.0, ge=0)
+    """weight of the auxiliary-classifier (AC-GAN) classification loss on top of the projection, both
+    families; 0: projection only"""
     minibatch_std: bool = False
-    # wgan_gp: depth of the mapping network from (latent, class) to every stage's norm scale/shift
-    # (adaptive instance norm); 0 = the seed design, latent at the stem only
+    """minibatch-stddev feature map before the discriminator's dense layer / the critic's head, against
+    mode collapse; wgan_gp: contiguous groups of 4 (or 3, 2) within each process's share, so real and fake
+    volumes are never grouped together and the penalty's gradient gains only this feature's small cross terms
+    (as in ProGAN)"""
     mapping_layers: int = Field(0, ge=0, le=8)
-    # wgan_gp: progressive growing (volgan.growth): the smallest grid trained, data.size / 2**k; null = off
+    """wgan_gp: depth of a mapping network from (latent, class) to a style that sets every instance norm's
+    scale and shift (AdaIN); 0: the seed design, the latent enters at the stem only"""
     grow_from: int | None = Field(None, ge=8)
+    """wgan_gp: progressive growing (Karras et al. 2018) from this grid, one of data.size / 2**k (e.g. 16
+    or 32 for 64³), up to data.size; adds an output layer per coarser grid to the generator and an input
+    layer to the critic (an architecture key); null: train at data.size from the first step (measurements:
+    docs/diversity_measurements.md)"""
 
 
 class TrainConfig(_Section):
-    """Optimisation schedule of the WGAN-GP."""
+    """Optimisation schedule, losses and time limits (a key marked wgan_gp or dcgan is for that family only)."""
 
     steps: int = Field(10000, ge=1)
+    """generator steps (wgan_gp: each follows n_critic critic steps)"""
     batch_size: int = Field(4, ge=1)
+    """volumes per step (wgan_gp's InstanceNorm also trains with 1)"""
     n_critic: int = Field(5, ge=1)
+    """wgan_gp: critic steps per generator step"""
     gp_weight: float = Field(10.0, ge=0)
-    # lazy regularisation (Karras et al. 2020): the penalty on every k-th critic step, weighted k;
-    # null: once per generator step (k = n_critic)
+    """wgan_gp: λ of the gradient penalty (the gradient's norm over all voxels of each sample)"""
     gp_every: int | None = Field(None, ge=1)
+    """wgan_gp: lazy regularisation (Karras et al. 2020): the penalty on every k-th critic step only,
+    weighted k; 1..n_critic; null: once per generator step (k = n_critic); 1: every critic step (the seed
+    design)"""
     drift_weight: float = Field(0.001, ge=0)
+    """wgan_gp: ε of the drift term ε * E[D(real)^2], which keeps critic scores near zero; 0 disables it"""
     lr_g: float = Field(1e-4, gt=0)
+    """Adam learning rate of the generator (the 3D-GAN paper: 2.5e-3)"""
     lr_d: float = Field(1e-4, gt=0)
+    """Adam learning rate of the critic/discriminator, set apart from lr_g for TTUR (the 3D-GAN paper:
+    1e-5)"""
     betas: tuple[float, float] = (0.0, 0.9)
+    """Adam betas of both optimisers, each in [0, 1)"""
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    # the EMA's warm-up: after u updates its decay is min(ema_decay, (1 + u) / (ema_warmup + u)), an
-    # average over about the last 1 / (ema_warmup - 1) of the run (10: ~11 %; 4: a third)
+    """decay of the EMA of the generator weights that sampling uses; the cap of the warm-up (ema_warmup)"""
     ema_warmup: float = Field(10.0, gt=1)
-    # learning rates of both networks: constant ("none") or falling linearly to 0 (Gulrajani et al.
-    # 2017's schedule) at train.steps, or at the end of train.budget_minutes if that comes first;
-    # max_minutes (one invocation's limit) does not move it
+    """the EMA's warm-up, > 1: after u updates its decay is min(ema_decay, (1 + u) / (ema_warmup + u)), an
+    average over about the last 1 / (ema_warmup - 1) of the run until ema_decay caps it (10: the last ninth,
+    for some 9000 updates with ema_decay 0.999; 4: the last third; measurements: docs/diversity_measurements.md)"""
     lr_decay: Literal["none", "linear"] = "none"
-    # this invocation's wall-clock limit (a resumed run gets it afresh)
+    """learning rates of both networks: none (constant) or linear: base * (1 - the part of the run done),
+    0 at the end, as in Gulrajani et al. 2017's code. The part done is step / train.steps, or the part of
+    train.budget_minutes trained if that is larger (a resumed run continues it); max_minutes does not move it"""
     max_minutes: float | None = Field(None, gt=0)
-    # the run's wall-clock budget, counted over all its invocations (kept in the checkpoint); the
-    # run stops when it is spent
+    """wall-clock limit of this invocation, after which it stops with a checkpoint; a resumed run gets it
+    afresh"""
     budget_minutes: float | None = Field(None, gt=0)
+    """wall-clock budget of the whole run, counted over every invocation and resume (kept in the
+    checkpoint); the run stops with a checkpoint when it is spent, and a resumed run whose budget is spent trains
+    no step. With lr_decay linear the rates reach 0 there: the decay fits a time budget without knowing the
+    machine's seconds per step"""
     on_nonfinite: Literal["stop", "skip"] = "stop"
-    # DCGAN only
+    """what a NaN or Inf loss does: stop (naming the step and the last good checkpoint) or skip the update"""
     d_acc_threshold: float = Field(0.8, ge=0, le=1)
+    """dcgan: update D only while its batch accuracy is at most this (the 3D-GAN paper: 0.8); 1: always"""
     real_label: float = Field(1.0, gt=0.5, le=1)
+    """dcgan: target for real volumes, in (0.5, 1]; below 1: one-sided label smoothing"""
     label_noise: float = Field(0.0, ge=0, le=0.5)
+    """dcgan: half-width of the uniform noise added to the targets"""
     label_flip: float = Field(0.0, ge=0, le=0.5)
+    """dcgan: probability of swapping a real/fake target"""
     instance_noise: float = Field(0.0, ge=0, le=1)
+    """dcgan: standard deviation of the Gaussian noise added to every D input, real and fake (0..1 units)"""
     instance_noise_steps: int = Field(0, ge=0)
-    # weight of the mode-seeking term (Mao et al. 2019) in the generator loss; 0 = off
+    """dcgan: instance_noise falls linearly to 0 over this many steps; 0: it stays constant"""
     mode_seeking: float = Field(0.0, ge=0)
-    # the term's distance between a pair's volumes on pool³-block means (1 = voxelwise, Mao et al.);
-    # 4 measured worse at 32³ (README, "A quarter of the mode-seeking term")
+    """weight of the mode-seeking term 1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5) in the generator loss,
+    both families, over adjacent pairs of the generator's batch, which share a class (Mao et al. 2019; an odd
+    last volume has no partner); 0: off, and what a checkpoint from before this key resumes with
+    (measurements: docs/diversity_measurements.md)"""
     mode_seeking_pool: int = Field(1, ge=1)
-    # the term's weight at the end of the run (train.steps, or train.budget_minutes if it comes
-    # first), reached linearly from train.mode_seeking as train.lr_decay "linear" reaches 0; unset:
-    # the weight stays train.mode_seeking throughout
+    """the mode-seeking term's distance between a pair's volumes on the means of pool³ blocks (1: voxelwise,
+    as Mao et al., and what a checkpoint from before this key resumes with): independent voxel noise averages
+    out, so only differences of shape count (measurements: docs/diversity_measurements.md)"""
     mode_seeking_end: float | None = Field(None, ge=0)
-    # progressive growing (model.grow_from): generator steps at each grid below data.size, coarse
-    # first (one number: the same for each), and the steps over which each finer grid fades in
+    """the mode-seeking term's weight at the end of the run (train.steps, or train.budget_minutes if that comes
+    first), reached in a straight line from train.mode_seeking on the clock of lr_decay linear; null: the
+    weight stays train.mode_seeking. Needs train.mode_seeking > 0 (measurements: docs/diversity_measurements.md)"""
     grow_steps: int | list[int] = Field(1000)
+    """with model.grow_from: generator steps at each grid below data.size, coarse first; one number (the
+    same for each grid) or a list with one number per grid"""
     grow_fade: int = Field(200, ge=0)
+    """with model.grow_from: generator steps over which each finer grid fades in (its output blended with
+    the coarser one's, upsampled, weight 0 to 1; the critic's input likewise)"""
 
     @field_validator("grow_steps")
     @classmethod
@@ -213,10 +271,15 @@ class LogConfig(_Section):
     """How often the run logs, draws figures and writes checkpoints."""
 
     every: int = Field(10, ge=1)
+    """steps between log lines, stats.jsonl records and TensorBoard scalars"""
     image_every: int = Field(200, ge=1)
+    """steps between TensorBoard mid-slice images of EMA samples per class"""
     checkpoint_every: int = Field(500, ge=1)
+    """steps between checkpoints (RUN/checkpoints/step_XXXXXXXX.pt); one is always written at the end"""
     keep_checkpoints: int = Field(3, ge=1)
+    """how many of the newest checkpoints are kept"""
     progress_bar: bool = True
+    """a progress bar with ETA on a terminal"""
 
 
 class PerfConfig(_Section):
@@ -224,82 +287,89 @@ class PerfConfig(_Section):
     them); turn one off to measure it or to work around a platform."""
 
     channels_last: bool = True
-    """channels_last_3d memory format for the models and batches (oneDNN / cuDNN's fast layout)."""
+    """channels_last_3d memory format for the models and batches (oneDNN / cuDNN's fast layout)"""
     fused_norm: bool = True
     """instance norm: moments from one matrix product, then one multiply-add with the affine and the
-    conditional scale/shift folded in."""
+    conditional scale/shift folded in"""
     subpixel_conv: bool = True
-    """the generator's last (one-channel) transposed conv as a 2³ conv + depth-to-space shuffle."""
+    """the generator's last (one-channel) transposed conv as a 2³ conv + depth-to-space shuffle"""
     dense_stem: bool = False
-    """the generator's first layer (a transposed conv on a 1³ input) as the dense layer it is. Off by
-    default: measured 1-2 % slower per training step on both AVX-512 and AVX2 (README, Performance)."""
+    """the generator's first layer (a transposed conv on a 1³ input) as the dense layer it is; off by
+    default, being slower per training step (measurements: docs/results/performance.md)"""
     tune_allocator: bool = True
-    """CPU, glibc: keep freed memory in the heap instead of unmapping and re-faulting it every step."""
+    """CPU, glibc: keep freed memory in the heap instead of unmapping and re-faulting it every step"""
     amp: Literal["auto", "bf16", "off"] = "auto"
-    """CUDA only: bf16 autocast for the networks (auto = bf16 where the GPU supports it); the gradient
-    penalty's pass stays in float32."""
+    """CUDA only: auto, bf16 or off; bf16 autocast for the networks (auto: where the GPU supports it); the
+    gradient penalty's pass stays in float32"""
     tf32: bool = True
-    """CUDA only: TensorFloat-32 matrix products and convolutions for the float32 parts."""
+    """CUDA only: TensorFloat-32 matrix products and convolutions for the float32 parts"""
     cudnn_benchmark: bool = True
-    """CUDA only: let cuDNN time its convolution algorithms once per shape and keep the fastest."""
+    """CUDA only: let cuDNN time its convolution algorithms once per shape and keep the fastest"""
 
 
 class AugmentConfig(_Section):
     """3D differentiable augmentation of every critic/discriminator input (real and fake alike)."""
 
     enabled: bool = False
+    """augment every critic/discriminator input (measured effect and when to turn it on:
+    docs/guide/augmentation.md)"""
     p: float = Field(0.2, ge=0, le=1)
-    """probability of each operation per volume: fixed, or the starting value when adaptive."""
+    """probability of each operation per volume: fixed, or the starting value when adaptive"""
     adaptive: bool = True
-    """ADA: steer p from the overfitting signal (reals scored above their paired fakes / positive)."""
+    """ADA: steer p from the overfitting signal (reals scored above their paired fakes / positive), logged
+    as aug_p and aug_signal"""
     target: float = Field(0.6, ge=-1, le=1)
-    """signal level p is steered to: raise p above it, lower p below it."""
+    """signal level p is steered to, in [-1, 1]: p rises while the signal is above it, falls below it"""
     speed: float = Field(0.01, gt=0, le=1)
-    """change of p per adjustment."""
+    """change of p per adjustment"""
     interval: int = Field(4, ge=1)
-    """generator steps between adjustments (the signal is averaged over them)."""
+    """generator steps between adjustments (the signal is averaged over them)"""
     p_max: float = Field(0.8, ge=0, le=1)
+    """upper bound of p"""
     flip: tuple[bool, bool, bool] = (True, False, False)
     """flip along each grid axis (after reorientation to data.orientation: axis 0 is left-right in RAS);
-    enable only the axes along which a flipped volume is still plausible."""
+    enable only the axes along which a flipped volume is still plausible"""
     translate: float = Field(0.125, ge=0, le=0.5)
-    """integer shift of up to this fraction of each axis."""
+    """integer shift of up to this fraction of each axis"""
     subvoxel: float = Field(0.5, ge=0, le=4)
-    """sub-voxel shift of up to this many voxels (part of the affine resampling)."""
+    """sub-voxel shift of up to this many voxels (part of the affine resampling)"""
     rotate_deg: float = Field(5.0, ge=0, le=45)
-    """rotation of up to this many degrees about each axis."""
+    """rotation of up to this many degrees about each axis"""
     scale: float = Field(0.05, ge=0, le=0.5)
-    """isotropic scaling by a factor in [1/(1+s), 1+s]."""
+    """isotropic scaling by a factor in [1/(1+s), 1+s]"""
     cutout: float = Field(0.25, ge=0, le=1)
-    """side of the cube set to the background, as a fraction of each axis."""
+    """side of the cube set to the background, as a fraction of each axis (0: off)"""
     brightness: float = Field(0.1, ge=0, le=1)
-    """additive shift of up to this fraction of the value range."""
+    """additive shift of up to this fraction of the value range"""
     contrast: float = Field(0.2, ge=0, le=1)
-    """scaling about the volume's mean by a factor in [1/(1+c), 1+c]."""
+    """scaling about the volume's mean by a factor in [1/(1+c), 1+c]"""
     gamma: float = Field(0.2, ge=0, le=1)
-    """gamma exponent in [1/(1+g), 1+g] on the value range mapped to [0, 1]."""
+    """gamma exponent in [1/(1+g), 1+g] on the value range mapped to [0, 1]"""
     noise: float = Field(0.02, ge=0, le=1)
-    """Gaussian noise with a standard deviation of up to this fraction of the value range."""
+    """Gaussian noise with a standard deviation of up to this fraction of the value range"""
 
 
 class DistConfig(_Section):
     """Multi-process training under torchrun (ignored by a single process)."""
 
     backend: Literal["auto", "nccl", "gloo"] = "auto"
-    """auto: NCCL when each process has a GPU, Gloo on CPUs."""
+    """auto, nccl or gloo; auto: NCCL when each process has a GPU, Gloo on CPUs"""
     timeout_s: float = Field(600.0, gt=0)
-    """a collective that waits longer than this ends the job with an error naming the rank (no hang)."""
+    """a collective that waits longer than this ends the job with an error naming the rank (no hang)"""
     sync_batchnorm: bool = True
     """dcgan: BatchNorm statistics over the whole global batch (SyncBatchNorm), so N processes compute
-    what one process computes; false keeps per-process statistics (cheaper, not equivalent)."""
+    what one process computes; false keeps per-process statistics (cheaper, not equivalent)"""
 
 
 class Config(_Section):
     """The whole run configuration (the resolved form is saved in every run folder)."""
 
     seed: int = Field(0, ge=0, lt=2**63)  # numpy's SeedSequence and torch.manual_seed both accept this range
+    """one seed for weights, data order and noise; the same seed gives the same run"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto, cpu or cuda; auto: CUDA if available, else the CPU (resolved once and logged)"""
     run_dir: str = "runs/default"
+    """the run's folder: checkpoints/, tensorboard/, figures/, stats.jsonl, config.yaml, train.log"""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -404,6 +474,113 @@ def grid_stages(size: int) -> tuple[int, int]:
             f"(e.g. 32, 48, 64, 80, 96, 128)"
         )
     return base, n
+
+
+_COMMENT_COLUMN = 25  # default_yaml: where the comments start, as in a hand-aligned file
+_LINE_WIDTH = 120
+_FAMILY = "family: "  # reference_rows: how the default of a key taken from model.family begins
+
+
+def _sections() -> list[tuple[str, type[_Section]]]:
+    """``("", Config)`` for the top-level keys, then each section's name and model, in declaration order."""
+    out: list[tuple[str, type[_Section]]] = [("", Config)]
+    for name, field in Config.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section):
+            out.append((name, field.annotation))
+    return out
+
+
+def _leaves(model: type[_Section]) -> list[str]:
+    """The keys of ``model`` that hold a value rather than a section."""
+    return [
+        k
+        for k, f in model.model_fields.items()
+        if not (isinstance(f.annotation, type) and issubclass(f.annotation, _Section))
+    ]
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as YAML writes it on one line: ``null``, ``true``, ``[0.5, 99.5]``, ``runs/default``."""
+    text: str = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, width=2**31)
+    return text.strip().removesuffix("...").strip()
+
+
+def _family_defaults(section: str, key: str) -> list[tuple[str, str]]:
+    """``[(family, default as YAML), ...]`` for a key whose default is its family's; [] for any other."""
+    values = [(family, sections.get(section, {})) for family, sections in FAMILY_DEFAULTS.items()]
+    return [(family, _yaml_value(given[key])) for family, given in values if key in given]
+
+
+def section_descriptions() -> dict[str, str]:
+    """Each section's description (its model's docstring) on one line, by name; ``""``: the top level."""
+    return {name: _one_line(inspect.cleandoc(model.__doc__ or "")) for name, model in _sections()}
+
+
+def reference_rows() -> list[tuple[str, str, str]]:
+    """One ``(dotted key, default, description)`` per key that holds a value, in declaration order.
+
+    The default is written as in YAML (``null``, ``true``, ``[0.5, 99.5]``), or for a key that takes its
+    family's default as ``family: 128 (wgan_gp) / 200 (dcgan)``. The description is the field's
+    docstring on one line. The configuration reference page is written from these rows.
+    """
+    rows = []
+    for section, model in _sections():
+        for key in _leaves(model):
+            field = model.model_fields[key]
+            family = _family_defaults(section, key)
+            default = (
+                _FAMILY + " / ".join(f"{value} ({name})" for name, value in family)
+                if family
+                else _yaml_value(field.get_default(call_default_factory=True))
+            )
+            rows.append((f"{section}.{key}" if section else key, default, _one_line(field.description)))
+    return rows
+
+
+def _commented(entry: str, comment: str) -> list[str]:
+    """``entry`` with ``comment`` after it, wrapped to the line width under its first line's ``#``."""
+    column = max(_COMMENT_COLUMN, len(entry) + 2)
+    wrapped = textwrap.wrap(comment, _LINE_WIDTH - column - 2, break_long_words=False, break_on_hyphens=False)
+    return [f"{entry if i == 0 else '':<{column}}# {line}" for i, line in enumerate(wrapped or [""])]
+
+
+_HEADER = """\
+# volgan default configuration: every key with its default; a config file may give any subset.
+# Keys marked "family default" stay null here: they take the value of model.family (wgan_gp: Gulrajani
+# et al. 2017; dcgan: 3D-GAN, Wu et al. 2016). Unknown keys, wrong types and out-of-range values are
+# rejected with the key's name.
+# Override on the command line with `--set section.key=value`, e.g. `--set train.batch_size=8`.
+# Written by scripts/write_config_docs.py from the field descriptions in src/volgan/config.py.
+# The preset seed-design, the same as giving no config at all:
+#   volgan train --preset seed-design --data DIR
+"""
+
+
+def default_yaml() -> str:
+    """The text of ``config/default.yaml`` (and of the preset ``seed-design``, its byte-equal copy).
+
+    Every section and key with its default and its description as a comment (the rows of
+    :func:`reference_rows`); a key that takes its family's default is ``null``, with the families'
+    values in its comment, so that loading the file gives ``Config()``. ``scripts/write_config_docs.py``
+    writes it.
+    """
+    docs = section_descriptions()
+    lines = [_HEADER]
+    current = ""
+    for dotted, default, description in reference_rows():
+        section, _, key = dotted.rpartition(".")
+        if section != current:
+            current = section
+            lines += ["", *_commented(f"{section}:", docs[section])]
+        value, comment = default, description
+        if default.startswith(_FAMILY):
+            value, comment = "null", f"{description}; family default {default.removeprefix(_FAMILY)}"
+        lines += _commented(f"{'  ' if section else ''}{key}: {value}", comment)
+    return "\n".join(lines) + "\n"
 
 
 def _format_error(err: ValidationError, source: str) -> str:
