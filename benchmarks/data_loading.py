@@ -8,7 +8,7 @@ the reorientation + resampling path runs), then measures in order:
 1. first load: read + reorient + resample + scale + write the cache (once per dataset and config);
 2. cached load: open the cache (a memory map, timed on its own: once per run) with the page cache
    for it dropped, then every batch of one epoch through the trainer's own batch path
-   (``Trainer.real_batch``: shuffled indices, copy out of the map, tensor in the models' memory
+   (``RunServices.real_batch``: shuffled indices, copy out of the map, tensor in the models' memory
    format), so every volume is read from disk;
 3. training: one round of ``n_critic`` critic steps + 1 generator step of the same trainer.
 
@@ -91,7 +91,7 @@ def main() -> None:
         batches = -(-a.volumes // a.batch)
         start = time.perf_counter()
         for _ in range(batches):
-            trainer.real_batch()
+            trainer.services.real_batch()
         cached_rate = batches * a.batch / (time.perf_counter() - start)
 
         trainer.train_step()  # warm-up

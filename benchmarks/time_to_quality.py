@@ -246,8 +246,8 @@ class Scorer:
         return torch.arange(self.ds.train.num_classes).repeat_interleave(self.a.n)
 
     def __call__(self, volumes: np.ndarray, source: str) -> dict[str, Any]:
-        from volgan.evaluation.commands import as_loaded
         from volgan.evaluation.curve import curve_metrics
+        from volgan.evaluation.labelled import as_loaded
         from volgan.evaluation.structure import pca_fd, speckle
 
         t0 = time.perf_counter()

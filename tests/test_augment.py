@@ -190,13 +190,16 @@ def test_both_families_train_with_augmentation_and_log_p(tmp_path: Path, family:
 def test_augmentation_state_survives_a_checkpoint(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, "wgan_gp", {"enabled": True, "p": 0.3, "interval": 3})
     trainer.train_step()
-    assert trainer.augment is not None and trainer.ada is not None
-    trainer.augment.p = 0.37
+    assert trainer.services.augment is not None and trainer.services.ada is not None
+    trainer.services.augment.p = 0.37
     path = trainer.save()
     resumed = Trainer(trainer.cfg, trainer.data, resume=path)
-    assert resumed.augment is not None and resumed.ada is not None
-    assert resumed.augment.p == pytest.approx(0.37)
-    assert resumed.ada.count == trainer.ada.count and resumed.ada.total == trainer.ada.total
+    assert resumed.services.augment is not None and resumed.services.ada is not None
+    assert resumed.services.augment.p == pytest.approx(0.37)
+    assert (
+        resumed.services.ada.count == trainer.services.ada.count
+        and resumed.services.ada.total == trainer.services.ada.total
+    )
 
 
 def test_penalty_with_augmentation_off_is_unchanged(tmp_path: Path) -> None:

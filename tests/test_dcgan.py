@@ -114,12 +114,12 @@ def test_instance_noise_anneals_linearly_to_zero(tmp_path: Path) -> None:
     trainer = Trainer(dcgan_config(tmp_path / "run", instance_noise=0.2, instance_noise_steps=4), tiny_data())
     seen = []
     for _ in range(6):
-        seen.append(trainer.instance_noise())
+        seen.append(trainer.next_plan().instance_noise)
         trainer.train_step()
     torch.testing.assert_close(torch.tensor(seen), torch.tensor([0.2, 0.15, 0.1, 0.05, 0.0, 0.0]))
     constant = Trainer(dcgan_config(tmp_path / "c", instance_noise=0.1), tiny_data())
     constant.step = 10_000
-    assert constant.instance_noise() == 0.1
+    assert constant.next_plan().instance_noise == 0.1
 
 
 def test_tensorboard_gets_step_and_epoch_scalars_and_renders(tmp_path: Path) -> None:
@@ -217,7 +217,7 @@ def test_auxiliary_classifier_head_and_its_training(tmp_path: Path) -> None:
 
 def test_mode_seeking_trains_the_dcgan_generator_on_paired_classes(tmp_path: Path) -> None:
     trainer = Trainer(dcgan_config(tmp_path / "run", mode_seeking=1.0), tiny_data())
-    assert torch.equal(trainer.paired(torch.tensor([0, 1, 1, 0])), torch.tensor([0, 0, 1, 1]))
+    assert torch.equal(trainer.services.paired(torch.tensor([0, 1, 1, 0])), torch.tensor([0, 0, 1, 1]))
     before = [p.clone() for p in trainer.generator.parameters()]
     values = trainer.train_step()
     assert np.isfinite(values["loss_g"])

@@ -154,7 +154,7 @@ def test_align_classes_maps_by_name() -> None:
 
 def test_generated_volumes_get_the_intensity_step_of_loaded_files() -> None:
     from volgan.config import DataConfig
-    from volgan.evaluation.commands import as_loaded
+    from volgan.evaluation.labelled import as_loaded
 
     vols, _ = make_phantom_set(1, SIZE, seed=0)
     cfg = DataConfig(size=SIZE)

@@ -48,13 +48,13 @@ def test_building_and_training_a_trainer_leaves_the_process_state_alone(tmp_path
     trainer = Trainer(tiny_config(tmp_path / "run", train={"steps": 2}), tiny_data())
     assert process_state() == before
     seen: dict[str, Any] = {}
-    step = trainer._train_step
+    step = trainer.train_step
 
     def observed() -> dict[str, float]:  # what fit() runs under
         seen.update(process_state())
         return step()
 
-    trainer._train_step = observed  # type: ignore[method-assign]
+    trainer.train_step = observed  # type: ignore[method-assign]
     trainer.fit()
     assert process_state() == before
     assert seen["allocator_tuned"] is (platform.libc_ver()[0] == "glibc")  # perf.tune_allocator applied inside

@@ -212,7 +212,8 @@ def test_mode_seeking_pairs_classes_and_trains(tmp_path: Path) -> None:
     assert np.isfinite(values["loss_g"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.generator.parameters(), strict=True))
     odd = Trainer(tiny_config(tmp_path / "odd", train={"batch_size": 3, "mode_seeking": 1.0}), tiny_data())
-    assert torch.equal(odd.paired(torch.tensor([1, 0, 0])), torch.tensor([1, 1, 0]))  # the last one has no partner
+    # the last one has no partner
+    assert torch.equal(odd.services.paired(torch.tensor([1, 0, 0])), torch.tensor([1, 1, 0]))
     assert np.isfinite(odd.train_step()["loss_g"])
 
 
@@ -238,7 +239,7 @@ def test_mode_seeking_end_moves_the_weight_along_the_run_and_into_the_generator_
         trainer = Trainer(tiny_config(tmp_path / f"e{end}", train=train), tiny_data())
         weights, losses = [], []
         for _ in range(2):
-            weights.append(trainer.mode_seeking_weight())
+            weights.append(trainer.next_plan().mode_seeking)
             losses.append(trainer.train_step())
         runs[end] = weights, losses
     assert runs[None][0] == [1.0, 1.0]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from volgan import perf
-from volgan.config import Config, PerfConfig
+from volgan.config import Config, DataConfig, PerfConfig
 from volgan.data.volume_set import VolumeSet
 from volgan.errors import ConfigError, VolganError
 from volgan.sampling import (
@@ -386,13 +386,9 @@ def train(
     ``resume``: a run folder or checkpoint to continue. Process-wide settings are set for the
     duration only (README, "What volgan changes in your process").
     """
-    from volgan.config import config_mapping, load_config, merge_dicts
-    from volgan.data.dataset import load_volumes
-    from volgan.data.from_dataset import volume_set_from_dataset
-    from volgan.planning.setup import base_mapping, resolve_config, write_plan
-    from volgan.runlock import check_unlocked
-    from volgan.safety import check_output_dir, safe_names
-    from volgan.training import Trainer
+    from volgan.config import config_mapping, merge_dicts
+    from volgan.planning.setup import base_mapping, resolve_config
+    from volgan.run_setup import check_run_dir, start_trainer
 
     if config is not None and preset is not None:
         raise ConfigError("config= and preset= both give the base settings; pass one")
@@ -412,41 +408,54 @@ def train(
         edge = _edge(data)
         if edge is not None:
             extra = merge_dicts(extra, {"data": {"size": edge}})
-    in_memory = None
-    if base is None and data is not None and not isinstance(data, str | Path):  # plan from the volumes given
-        first = load_config(extra, name="<your settings>")
-        in_memory = (
-            data
-            if isinstance(data, VolumeSet)
-            else volume_set_from_dataset(data, first.data, class_names=class_names, spacing=spacing)
-        )
     if base is None and data is None and not extra.get("data", {}).get("root"):
         raise ConfigError("no data: pass data= (a folder, .npz, VolumeSet or Dataset) or set data.root")
-
-    def writable(settings: Config) -> None:  # before reading the data; fit() takes the lock
-        check_output_dir(Path(settings.run_dir), "run_dir")
-        check_unlocked(Path(settings.run_dir))
-
-    cfg, plan = resolve_config(base, name=source, values=extra, minutes=minutes, data=in_memory, before_data=writable)
-    writable(cfg)
-    if in_memory is not None:
-        volumes = in_memory
-    elif data is None or isinstance(data, str | Path):
-        if cfg.data.root is None:
-            raise ConfigError("no data: pass data= (a folder, .npz, VolumeSet or Dataset) or set data.root")
-        volumes = load_volumes(cfg.data)
-    elif isinstance(data, VolumeSet):
-        volumes = data
-    else:
-        volumes = volume_set_from_dataset(data, cfg.data, class_names=class_names, spacing=spacing)
-    if volumes.size != cfg.data.size:
-        raise ConfigError(f"data.size is {cfg.data.size} but the volumes are {volumes.size}³; leave data.size out")
-    safe_names(volumes.class_names, "data")
-    trainer = Trainer(cfg, volumes, resume=None if resume is None else Path(resume))
-    if plan is not None:
-        log.info("planned for %g min (%s):\n%s", plan.minutes, plan.budget_from, plan.summary())
-        write_plan(Path(cfg.run_dir), plan)
+    volumes = _InMemory(data, class_names, spacing)
+    to_plan = None
+    if base is None and volumes.given:  # plan from the volumes given, read with the user's data settings
+        to_plan = volumes.read(_user_data_settings(extra))
+    cfg, plan = resolve_config(
+        base, name=source, values=extra, minutes=minutes, data=to_plan, before_data=check_run_dir
+    )
+    check_run_dir(cfg)
+    trainer = start_trainer(
+        cfg, volumes.read(cfg.data), plan=plan, resume=None if resume is None else Path(resume), source="data"
+    )
     return Run(**dataclasses.asdict(trainer.fit()))
+
+
+def _user_data_settings(extra: Mapping[str, Any]) -> DataConfig:
+    """The data section of the user's own settings (no base, no plan yet)."""
+    from volgan.config import load_config
+
+    return load_config(dict(extra), name="<your settings>").data
+
+
+class _InMemory:
+    """What :func:`train` was given as data, read into a VolumeSet once per data section: a folder
+    or .npz (``data.root``), a VolumeSet as it is, or a torch Dataset read into memory."""
+
+    def __init__(self, data: Any, class_names: Sequence[str] | None, spacing: float) -> None:
+        self.data, self.class_names, self.spacing = data, class_names, spacing
+        self.given = data is not None and not isinstance(data, str | Path)
+        self._read: dict[str, VolumeSet] = {}
+
+    def read(self, settings: DataConfig) -> VolumeSet:
+        from volgan.data.dataset import load_volumes
+        from volgan.data.from_dataset import volume_set_from_dataset
+
+        if isinstance(self.data, VolumeSet):
+            return self.data
+        if not self.given:
+            if settings.root is None:
+                raise ConfigError("no data: pass data= (a folder, .npz, VolumeSet or Dataset) or set data.root")
+            return load_volumes(settings)
+        key = settings.model_dump_json()
+        if key not in self._read:  # a Dataset is read again only if the plan changed how
+            self._read[key] = volume_set_from_dataset(
+                self.data, settings, class_names=self.class_names, spacing=self.spacing
+            )
+        return self._read[key]
 
 
 def _edge(data: Any) -> int | None:

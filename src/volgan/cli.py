@@ -1,6 +1,7 @@
 """Command-line interface: ``volgan train | plan | sample | export | demo | demo-data | train-classifier | evaluate``.
 
-Heavy imports (torch, MONAI) happen inside the commands so ``--help`` is instant. Problems the
+The parsers are here; the handlers are in :mod:`volgan.commands`, imported when their command runs,
+so ``--help`` is instant. Problems the
 user can fix end as one ``volgan: error: ...`` line and exit code 2.
 """
 
@@ -15,16 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from volgan import __version__
+from volgan.commands import EXIT_INTERRUPTED
 from volgan.errors import VolganError
-from volgan.safety import OneLineParser, bounded, check_output_dir, int_arg, positive_float
+from volgan.safety import OneLineParser, bounded, int_arg, positive_float
 
 if TYPE_CHECKING:
-    from volgan.distributed import DistContext
+    pass
 
 log = logging.getLogger("volgan")
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def _add_train(sub: Any) -> None:
@@ -299,338 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None, Any]:
-    """The run's config, with --resume the loaded checkpoint (read once, used twice), and the plan
-    (None when --config, --preset or --resume gives the settings)."""
-    from volgan import checkpoint as ckpt
-    from volgan.planning.setup import base_mapping, resolve_config
-
-    overrides: list[str] = list(args.set)
-    state = None
-    base, name = base_mapping(args.config, args.preset)
-    if args.resume is not None:
-        path = ckpt.resolve_checkpoint(args.resume)
-        state = ckpt.load_checkpoint(path)
-        ckpt.require_keys(state, ckpt.TRAINING_KEYS, path)
-        if base is None:  # the checkpoint's own config
-            base, name = ckpt.saved_config(state), str(path)
-        if args.resume.is_dir():
-            overrides.append(f"run_dir={args.resume}")
-        elif args.run_dir is None:  # RUN/checkpoints/step_*.pt continues RUN; any other file needs --run-dir
-            overrides.append(f"run_dir={ckpt.run_dir_of(path)}")
-    for flag, key in (
-        ("data", "data.root"),
-        ("run_dir", "run_dir"),
-        ("steps", "train.steps"),
-        ("device", "device"),
-        ("seed", "seed"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg, plan = resolve_config(
-        base, name=name, overrides=overrides, minutes=args.minutes, before_data=getattr(args, "before_data", None)
-    )
-    return cfg, state, plan
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train in this process, or as one rank of a torchrun job (RANK/WORLD_SIZE in the environment)."""
-    from volgan import distributed
-
-    ctx = distributed.env_context()
-    if not ctx.enabled:
-        return _train(args, ctx)
-    from volgan.device import resolve_device
-
-    if args.config is None and args.preset is None and args.resume is None:
-        raise VolganError(
-            "torchrun: every process must train the same settings, and a plan is timed per process; plan once "
-            "with `volgan plan --data DIR --minutes N --save-config plan.yaml`, then pass --config plan.yaml"
-        )
-    cfg, _, _ = _resolve_train_config(args)
-    distributed.init(
-        ctx, distributed.rank_device(ctx, resolve_device(cfg.device)), cfg.dist.backend, cfg.dist.timeout_s
-    )
-    try:
-        with distributed.collective_errors(ctx):
-            return _train(args, ctx)
-    finally:
-        distributed.shutdown()
-
-
-def _train(args: argparse.Namespace, ctx: DistContext) -> int:
-    import yaml
-
-    from volgan import distributed
-    from volgan.data.dataset import load_volumes
-    from volgan.errors import ConfigError
-    from volgan.runlock import check_unlocked
-    from volgan.safety import safe_names
-    from volgan.training import Trainer
-
-    def writable(cfg: Any) -> None:  # a run folder in use is refused before any data is read
-        check_output_dir(Path(cfg.run_dir), "--run-dir (run_dir)")
-        check_unlocked(Path(cfg.run_dir))
-
-    if not args.dry_run and ctx.is_main:
-        args.before_data = writable
-    cfg, resume_state, plan = _resolve_train_config(args)
-    if cfg.data.root is None:
-        raise ConfigError(
-            "no data: pass --data DIR (or set data.root in the config); try `volgan demo` for built-in data"
-        )
-    if not args.dry_run and ctx.is_main:
-        writable(cfg)  # (again, with the run's own settings); Trainer.fit takes the lock
-    if resume_state is not None:  # a mismatch must not wait for (possibly minutes of) preprocessing
-        from volgan import checkpoint as ckpt
-
-        ckpt.check_compatible(resume_state["config"], cfg, ckpt.resolve_checkpoint(args.resume))
-    # One process per machine fills the preprocessing cache; the others then read it.
-    if ctx.local_rank != 0:
-        distributed.barrier(ctx)
-    data = load_volumes(cfg.data, progress=ctx.is_main)
-    if ctx.local_rank == 0:
-        distributed.barrier(ctx)
-    safe_names(data.class_names, str(cfg.data.root))  # names `volgan sample` could not keep apart: now, not later
-    if args.dry_run:
-        if plan is not None:
-            print(f"{plan.fingerprint.summary()}\n\n{plan.summary()}\n")
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
-        print()
-        print(data.summary())
-        return 0
-    run_dir = Path(cfg.run_dir)
-    trainer = Trainer(cfg, data, resume=args.resume, resume_state=resume_state, dist=ctx)
-    if plan is not None and ctx.is_main:
-        from volgan.planning.setup import write_plan
-
-        log.info("planned for %g min (%s):\n%s", plan.minutes, plan.budget_from, plan.summary())
-        write_plan(run_dir, plan)
-    handler = _log_to_file(run_dir) if ctx.is_main else logging.NullHandler()
-    try:
-        result = trainer.fit()
-    finally:  # a later command in the same process must not write into this run's log
-        logging.getLogger("volgan").removeHandler(handler)
-        handler.close()
-    if ctx.is_main:
-        print(
-            f"run folder: {result.run_dir}\ncheckpoint: {result.checkpoint}\nfigures:    {result.run_dir / 'figures'}"
-        )
-    return EXIT_INTERRUPTED if result.interrupted else 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Print the plan (or plan.json's content with --json) for --data and --minutes; train nothing."""
-    import json
-
-    from volgan.planning.setup import planned_config
-    from volgan.presets import preset_names
-
-    if args.list_presets:
-        print("\n".join(preset_names()))
-        return 0
-    if args.config is not None or args.preset is not None:
-        raise VolganError(
-            "--config/--preset: a config file or preset is a whole recipe, trained as it is (no plan); "
-            "to plan around settings of your own, give them with --set KEY=VALUE"
-        )
-    overrides = list(args.set) + [f"{k}={v}" for k, v in (("data.root", args.data), ("device", args.device)) if v]
-    cfg, plan = planned_config(overrides=overrides, minutes=args.minutes)
-    if args.save_config is not None:
-        import yaml
-
-        from volgan.checkpoint import atomic_write
-
-        text = f"# planned by `volgan plan` for {plan.minutes:g} min; plan.json holds the reasons\n"
-        text += yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        atomic_write(args.save_config, lambda f: f.write(text.encode()))
-    if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
-    else:
-        import shlex
-
-        again = ["--data", str(args.data or cfg.data.root)] + (
-            ["--minutes", f"{args.minutes:g}"] if args.minutes else []
-        )
-        again += [w for text in args.set for w in ("--set", text)] + (["--device", args.device] if args.device else [])
-        print(f"{plan.fingerprint.summary()}\n\n{plan.summary()}\n")
-        print(f"train it: volgan train {shlex.join(again)}")
-    return 0
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from volgan import distributed, perf
-    from volgan.config import PerfConfig
-    from volgan.device import resolve_device
-    from volgan.interpolate import check_flags
-    from volgan.safety import check_bytes
-    from volgan.sampling import class_index, default_batch_size, generate, load_generator, write_samples
-
-    check_flags(args)
-    args.n = 8 if args.n is None else args.n
-    if not args.klass and args.n > args.max_volumes:  # the class count is known once the checkpoint is read
-        raise VolganError(
-            f"--n {args.n}: more than --max-volumes {args.max_volumes}; raise --max-volumes to write more"
-        )
-    check_output_dir(args.out, "--out")  # created by the first write, so a failed start leaves nothing
-    ctx = distributed.env_context()  # under torchrun: each rank writes its share of the volumes
-    device = distributed.rank_device(ctx, resolve_device(args.device))
-    perf.configure_backend(PerfConfig(), device)
-    loaded = load_generator(args.checkpoint, ema=args.ema, device=device)
-    if args.threshold is not None:
-        if not 0.0 <= args.threshold <= 1.0:
-            raise VolganError(f"--threshold must be in [0, 1], got {args.threshold}")
-        loaded.threshold = args.threshold
-    if args.interpolate:
-        from volgan.api import VolumeGenerator
-        from volgan.interpolate import cmd_interpolate
-
-        if ctx.enabled:
-            raise VolganError("--interpolate runs in one process; start it without torchrun")
-        return cmd_interpolate(args, VolumeGenerator(loaded))
-    # Throughput grows with the batch up to ~2^22 voxels per pass on a CPU (benchmarks/sample.py).
-    batch_size = args.batch_size or default_batch_size(loaded.size)
-    all_classes = list(range(loaded.num_classes)) or [0]  # an unconditional model has one "class"
-    classes = [class_index(loaded, k) for k in args.klass] if args.klass else all_classes
-    if args.n * len(classes) > args.max_volumes:
-        raise VolganError(
-            f"--n {args.n} for {len(classes)} classes is {args.n * len(classes)} volumes, more than --max-volumes "
-            f"{args.max_volumes}; raise --max-volumes to write more"
-        )
-    check_bytes(
-        batch_size * loaded.size**3 * 4, 4e9, f"--batch-size {batch_size} at {loaded.size}³", "lower --batch-size"
-    )
-    # The requested indices are cut into batches exactly as one process cuts them, and rank r of N
-    # takes batches r, r + N, ...: every batch is computed as it would be in one process, so the
-    # files are bit for bit those one process writes (volume i depends only on seed, i and class).
-    batches = [
-        range(i, min(i + batch_size, args.start + args.n)) for i in range(args.start, args.start + args.n, batch_size)
-    ]
-    total, resume_at = 0, args.start
-    try:  # index-major, so that after Ctrl-C every index before the current batch is complete in every class
-        for idx in batches[ctx.rank :: ctx.world_size]:
-            resume_at = idx.start
-            for k in classes:
-                labels = torch.full((len(idx),), k, dtype=torch.long)
-                vols = generate(loaded.generator, labels, args.seed, idx.start, batch_size, device, loaded.autocast)
-                written = write_samples(
-                    loaded,
-                    vols.numpy(),
-                    [k] * len(idx),
-                    list(idx),
-                    args.seed,
-                    args.out,
-                    args.format,
-                    args.mesh,
-                    overwrite=args.overwrite,
-                )
-                total += len(written)
-    except KeyboardInterrupt:
-        end = args.start + args.n
-        print(
-            f"volgan: interrupted: {args.out}: every volume before index {resume_at} has its JSON sidecar, and no "
-            f"volume is left without one; to finish, run the same command with --start {resume_at} "
-            f"--n {end - resume_at}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    if ctx.enabled:  # a count over all ranks, once every rank has finished writing
-        distributed.init(ctx, torch.device("cpu"), "gloo")
-        try:
-            with distributed.collective_errors(ctx):
-                total = round(distributed.mean(float(total), ctx, torch.device("cpu")) * ctx.world_size)
-        finally:
-            distributed.shutdown()
-    if ctx.is_main:
-        meshes = f" and {'/'.join(args.mesh)} meshes" if args.mesh else ""
-        print(f"wrote {total} volumes ({args.format}){meshes} and JSON sidecars to {args.out} (step {loaded.step})")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from volgan import checkpoint as ckpt
-
-    fmt = args.format or ("onnx" if args.out.suffix == ".onnx" else "safetensors")
-    if fmt == "onnx":
-        from volgan.onnx_export import cmd_export_onnx
-
-        return cmd_export_onnx(args)
-    if args.out.suffix != ".safetensors":
-        raise VolganError(f"{args.out}: --out must end in .safetensors")
-    if args.out.is_dir():
-        raise VolganError(f"{args.out}: --out is a folder; give a file name ending in .safetensors")
-    check_output_dir(args.out.parent, "--out's folder")
-    path = ckpt.resolve_checkpoint(args.checkpoint)
-    state = ckpt.load_checkpoint(path)
-    ckpt.require_keys(state, (*ckpt.GENERATOR_KEYS, *ckpt.EXPORT_PARTS[args.which]), path)
-    ckpt.export_safetensors(state, args.out, args.which, source=path)
-    print(f"wrote {args.out} ({args.which} weights, step {state['step']}) from {path}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from volgan.demo import run_demo
-
-    if args.run_dir is not None:
-        check_output_dir(args.run_dir, "--run-dir")
-    result = run_demo(
-        run_dir=args.run_dir,
-        minutes=args.minutes,
-        steps=args.steps,
-        size=args.size,
-        n_per_class=args.n_per_class,
-        n_samples=args.samples,
-        device=args.device,
-        seed=args.seed,
-        family=args.family,
-    )
-    return EXIT_INTERRUPTED if result.interrupted else 0
-
-
-def _log_to_file(run_dir: Path) -> logging.Handler:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("volgan").addHandler(handler)
-    return handler
-
-
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    from volgan.demo import write_demo_data
-
-    if args.n_per_class < 1 or args.size < 8:
-        raise VolganError(f"--n-per-class must be >= 1 and --size >= 8, got {args.n_per_class} and {args.size}")
-    check_output_dir(args.out, "--out")
-    n = write_demo_data(args.out, args.family, args.n_per_class, args.size, args.seed, args.format)
-    print(f"wrote {n} volumes ({args.format}) to {args.out}")
-    return 0
-
-
-def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from volgan.evaluation.commands import cmd_train_classifier as run
-
-    return run(args)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from volgan.evaluation.commands import cmd_evaluate as run
-
-    return run(args)
-
-
+# subcommand -> "module:handler" in volgan.commands, imported when run (keeps --help instant)
 COMMANDS = {
-    "train": cmd_train,
-    "plan": cmd_plan,
-    "sample": cmd_sample,
-    "export": cmd_export,
-    "demo": cmd_demo,
-    "demo-data": cmd_demo_data,
-    "train-classifier": cmd_train_classifier,
-    "evaluate": cmd_evaluate,
+    "train": "train:cmd_train",
+    "plan": "train:cmd_plan",
+    "sample": "sample:cmd_sample",
+    "export": "export:cmd_export",
+    "demo": "demo:cmd_demo",
+    "demo-data": "demo:cmd_demo_data",
+    "train-classifier": "evaluate:cmd_train_classifier",
+    "evaluate": "evaluate:cmd_evaluate",
 }
+
+
+def _handler(command: str) -> Any:
+    import importlib
+
+    module, name = COMMANDS[command].split(":")
+    return getattr(importlib.import_module(f"volgan.commands.{module}"), name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -644,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("volgan").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
-        return COMMANDS[args.command](args)
+        return _handler(args.command)(args)
     except VolganError as e:
         print(f"volgan: error: {tag}{bounded(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR

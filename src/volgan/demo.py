@@ -121,6 +121,7 @@ def demo_config(demo: DemoSet, run_dir: Path, size: int, minutes: float, steps: 
     return cfg
 
 
+# long: the demo's script, top to bottom: data, train, sample, figures, speckle
 def run_demo(
     run_dir: Path | None = None,
     minutes: float = 4.0,

@@ -64,6 +64,15 @@ class DistContext:
         n = global_batch // self.world_size
         return slice(self.rank * n, (self.rank + 1) * n)
 
+    def facts(self, global_batch: int) -> dict[str, Any]:
+        """World size and batch split of a run (saved with every checkpoint and in the run folder)."""
+        return {
+            "world_size": self.world_size,
+            "global_batch": global_batch,
+            "per_process_batch": global_batch // self.world_size,
+            "lr_scaling": "none (train.batch_size is the global batch; the update does not depend on the world size)",
+        }
+
 
 SINGLE = DistContext()
 

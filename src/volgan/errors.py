@@ -21,3 +21,7 @@ class CheckpointError(VolganError):
 
 class MetricError(VolganError):
     """Inputs to an evaluation metric are unusable; the message says what is wrong and what is expected."""
+
+
+class TrainingDiverged(VolganError):
+    """A loss or a weight became NaN/Inf during training."""

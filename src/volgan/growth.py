@@ -6,9 +6,9 @@ volume through an input layer of that level and runs only its last stages; the r
 average-pooled to the level's grid. Each new level fades in over ``train.grow_fade`` generator steps:
 the output (and the critic's input) is a blend of the new finer path and the coarser one, upsampled
 (pooled), with the blend weight ``alpha`` going linearly 0 -> 1. A coarse step costs less than a
-full-size one, though not 8x less per halving: the wide coarse stages dominate (measured at 64³,
-ngf 32, one thread: 16³ level ~0.22x, 32³ level ~0.45x the 64³ step). README, "Diversity within a
-class", has the one configuration measured; it did not beat training at the full grid.
+full-size one, though not 8x less per halving: the wide coarse stages dominate. Its step costs and
+the one configuration measured (it did not beat training at the full grid):
+docs/diversity_measurements.md.
 
 Levels count halvings from the full grid: level 0 is ``data.size``, level ``k`` is ``size / 2**k``.
 The schedule is a pure function of the generator step, so an exact resume resumes it too.
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from volgan.config import Config
 
 
 def grow_levels(size: int, grow_from: int | None) -> int:
@@ -39,6 +41,12 @@ class GrowthSchedule:
     levels: int
     steps: tuple[int, ...]
     fade: int
+
+    @classmethod
+    def for_run(cls, cfg: Config) -> GrowthSchedule | None:
+        """The schedule of a run's config (None: no model.grow_from, the full grid throughout)."""
+        m, t = cfg.model, cfg.train
+        return None if m.grow_from is None else cls.from_config(cfg.data.size, m.grow_from, t.grow_steps, t.grow_fade)
 
     @classmethod
     def from_config(cls, size: int, grow_from: int | None, grow_steps: int | list[int], fade: int) -> GrowthSchedule:

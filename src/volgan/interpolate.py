@@ -32,7 +32,7 @@ from volgan import checkpoint as ckpt
 from volgan.api import VolumeGenerator
 from volgan.errors import VolganError
 from volgan.safety import inside, make_output_dir, safe_name, safe_names
-from volgan.sampling import default_batch_size, generate_from_latents, latent_for, write_volume
+from volgan.sampling import default_batch_size, generate_from_latents, latent_for, provenance, write_volume
 
 MAX_STEPS = 1000
 
@@ -174,14 +174,7 @@ def write_interpolation(
         raise ValueError(f"every walk must have the same number of frames, got {sorted(steps)}")
     t = fractions(steps.pop()).tolist()
     written: dict[str, Any] = {"volumes": []}
-    base = {
-        "checkpoint": str(g.checkpoint),
-        "checkpoint_step": g.step,
-        "config_hash": g.loaded.config_hash,
-        "ema": g.loaded.ema,
-        "intensity_range": list(g.intensity_range),
-        "spacing_mm": g.spacing,
-    }
+    base = provenance(g.loaded)
     for (row, frames), folder in zip(walks.items(), folders, strict=True):
         row_dir = inside(out_dir, walk_dir / folder)
         row_dir.mkdir(exist_ok=True)
@@ -226,66 +219,3 @@ def _write_gif(walks: Sequence[torch.Tensor], path: Path, frame_ms: int = 150, m
 
 
 # ---------------------------------------------------------------------------- `volgan sample --interpolate`
-
-
-def check_flags(args: Any) -> None:
-    """Refuse flag combinations `volgan sample` cannot honour, before anything is loaded."""
-    walk_flags = {"--from-index": args.from_index, "--to-index": args.to_index, "--to-class": args.to_class}
-    walk_flags["--steps"] = args.steps
-    if args.interpolate is None:
-        given = [flag for flag, value in walk_flags.items() if value is not None]
-        if given:
-            raise VolganError(f"{', '.join(given)}: only with --interpolate latent|class")
-        return
-    clash = [flag for flag, bad in (("--n", args.n is not None), ("--start", args.start), ("--mesh", args.mesh)) if bad]
-    if clash:
-        raise VolganError(f"--interpolate: leave out {', '.join(clash)} (the walk sets which volumes are made)")
-    if args.interpolate == "latent":
-        if args.to_class is not None:
-            raise VolganError("--to-class is for --interpolate class; a latent walk keeps its class (--class)")
-        if (args.from_index or 0) == (1 if args.to_index is None else args.to_index):
-            raise VolganError("--interpolate latent: --from-index and --to-index must differ")
-    else:
-        if args.to_index is not None:
-            raise VolganError("--to-index is for --interpolate latent; a class walk stays at --from-index's latent")
-        if args.to_class is None or not args.klass or len(args.klass) != 1:
-            raise VolganError("--interpolate class needs one --class A and --to-class B")
-
-
-def cmd_interpolate(args: Any, g: VolumeGenerator) -> int:
-    """`volgan sample --interpolate latent|class`: write the walk's volumes, montage and GIF to --out."""
-    steps = 8 if args.steps is None else args.steps
-    start = args.from_index or 0
-    bs = args.batch_size
-    walks: dict[str, torch.Tensor] = {}
-    meta: dict[str, dict[str, Any]] = {}
-    common = {"mode": args.interpolate, "seed": args.seed, "steps": steps}
-    if args.interpolate == "latent":
-        end = 1 if args.to_index is None else args.to_index
-        labels = [g.class_index(k) for k in args.klass] if args.klass else list(range(g.num_classes)) or [0]
-        if steps * len(labels) > args.max_volumes:
-            raise VolganError(f"{steps} steps for {len(labels)} classes is more than --max-volumes {args.max_volumes}")
-        for k in labels:
-            name = g.class_names[k] if g.conditional else "all"
-            cls = k if g.conditional else None
-            walks[name] = interpolate_latents(g, start, end, steps, cls, args.seed, bs, intensities=False)
-            meta[name] = {**common, "from_index": start, "to_index": end, "class_name": name}
-            meta[name]["class_index"] = k if g.conditional else None
-        stem = f"latent_seed{args.seed}_{start:05d}-{end:05d}"
-    else:
-        a, b = g.class_index(args.klass[0]), g.class_index(args.to_class)
-        if a == b:
-            raise VolganError("--interpolate class: --class and --to-class must name different classes")
-        if steps > args.max_volumes:
-            raise VolganError(f"--steps {steps} is more than --max-volumes {args.max_volumes}")
-        name = f"{g.class_names[a]}-to-{g.class_names[b]}"
-        walks[name] = interpolate_classes(g, a, b, steps, start, args.seed, bs, intensities=False)
-        meta[name] = {**common, "index": start, "from_class": g.class_names[a], "to_class": g.class_names[b]}
-        meta[name] |= {"from_class_index": a, "to_class_index": b}
-        stem = f"class_{name}_seed{args.seed}_{start:05d}"
-    written = write_interpolation(g, walks, args.out, stem, meta, args.format)
-    print(
-        f"wrote {len(written['volumes'])} volumes ({args.format}) and JSON sidecars, {written['montage']} and "
-        f"{written['gif']} (step {g.step})"
-    )
-    return 0

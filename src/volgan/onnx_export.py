@@ -174,24 +174,3 @@ def check_onnx(
             f"the intensity range; the file is written but should not be trusted"
         )
     return worst
-
-
-def cmd_export_onnx(args: Any) -> int:
-    """`volgan export --format onnx`: --out must end in .onnx; --which ema (default) or generator."""
-    from volgan.safety import check_output_dir
-
-    if args.out.suffix != ".onnx":
-        raise VolganError(f"{args.out}: with --format onnx, --out must end in .onnx")
-    if args.out.is_dir():
-        raise VolganError(f"{args.out}: --out is a folder; give a file name ending in .onnx")
-    if args.which == "all":
-        raise VolganError("--format onnx writes one generator: --which ema or --which generator")
-    check_output_dir(args.out.parent, "--out's folder")
-    meta = export_onnx(args.checkpoint, args.out, ema=args.which == "ema")
-    checked = (
-        f"; onnxruntime matches PyTorch to {meta['max_abs_diff']:.2g} (intensity units, batches 1 and 3)"
-        if "max_abs_diff" in meta
-        else "; not checked (onnxruntime is not installed)"
-    )
-    print(f"wrote {args.out} ({meta['weights']} generator, step {meta['step']}){checked}")
-    return 0

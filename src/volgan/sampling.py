@@ -67,6 +67,21 @@ def generate(
     return generate_from_latents(generator, latents, labels, batch_size, device, autocast)
 
 
+def preview(
+    generator: AnyGenerator,
+    class_names: list[str],
+    seed: int,
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> dict[str, np.ndarray]:
+    """Two volumes per class from the fixed latents 0 and 1 of ``seed``: class name -> (2, S, S, S)."""
+    out = {}
+    for k, name in enumerate(class_names):
+        labels = torch.full((2,), k, dtype=torch.long)
+        out[name] = generate(generator, labels, seed=seed, device=device, autocast=autocast).numpy()
+    return out
+
+
 @torch.inference_mode()
 def generate_from_latents(
     generator: AnyGenerator,
@@ -192,6 +207,18 @@ def write_volume(volume: np.ndarray, path: Path, affine: np.ndarray) -> None:
         ckpt.atomic_write(path, lambda f: np.save(f, volume.astype(np.float32)))
 
 
+def provenance(loaded: LoadedGenerator) -> dict[str, Any]:
+    """What every written volume's JSON sidecar says of the model that made it."""
+    return {
+        "checkpoint": str(loaded.checkpoint),
+        "checkpoint_step": loaded.step,
+        "config_hash": loaded.config_hash,
+        "ema": loaded.ema,
+        "intensity_range": list(loaded.intensity_range),
+        "spacing_mm": loaded.spacing,
+    }
+
+
 def write_samples(
     loaded: LoadedGenerator,
     volumes: np.ndarray,
@@ -234,12 +261,7 @@ def write_samples(
             "class_index": label if loaded.num_classes else None,
             "seed": seed,
             "index": i,
-            "checkpoint": str(loaded.checkpoint),
-            "checkpoint_step": loaded.step,
-            "config_hash": loaded.config_hash,
-            "ema": loaded.ema,
-            "intensity_range": list(loaded.intensity_range),
-            "spacing_mm": loaded.spacing,
+            **provenance(loaded),
         }
         if meshes:
             meta["meshes"] = [f"{stem}.{m}" for m in meshes]
@@ -269,6 +291,59 @@ def write_samples(
             raise
         written.append(path)
     return written
+
+
+class SamplingInterrupted(Exception):
+    """Ctrl-C while writing a sample set: every index before ``resume_at`` is complete in every class."""
+
+    def __init__(self, resume_at: int) -> None:
+        super().__init__(f"interrupted at index {resume_at}")
+        self.resume_at = resume_at
+
+
+def sample_to_folder(
+    loaded: LoadedGenerator,
+    classes: Sequence[int],
+    indices: range,
+    seed: int,
+    out_dir: Path,
+    fmt: str = "nii.gz",
+    meshes: Sequence[str] = (),
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    overwrite: bool = False,
+) -> int:
+    """Generate volumes ``indices`` of each class in ``classes`` and write them (:func:`write_samples`);
+    returns how many this process wrote.
+
+    The indices are cut into batches exactly as one process cuts them, and rank r of N takes batches
+    r, r + N, ...: every batch is computed as it would be in one process, so the files are bit for
+    bit those one process writes (volume i depends only on seed, i and class). Index-major, so that
+    after Ctrl-C (:class:`SamplingInterrupted`) every index before the current batch is complete."""
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    total, resume_at = 0, indices.start
+    try:
+        for idx in batches[rank::world_size]:
+            resume_at = idx.start
+            for k in classes:
+                labels = torch.full((len(idx),), k, dtype=torch.long)
+                vols = generate(
+                    loaded.generator, labels, seed, idx.start, batch_size, _device_of(loaded), loaded.autocast
+                )
+                written = write_samples(
+                    loaded, vols.numpy(), [k] * len(idx), list(idx), seed, out_dir, fmt, meshes, overwrite=overwrite
+                )
+                total += len(written)
+    except KeyboardInterrupt:
+        raise SamplingInterrupted(resume_at) from None
+    return total
+
+
+def _device_of(loaded: LoadedGenerator) -> torch.device:
+    """The device the loaded generator's weights are on."""
+    return next(loaded.generator.parameters()).device
 
 
 def _check_not_replacing(sidecar: Path, loaded: LoadedGenerator, out_dir: Path) -> None:

@@ -61,6 +61,7 @@ def _label(label: Any, k: int) -> int:
     return int(value.reshape(()))
 
 
+# long: one pass over a user's Dataset that checks each item as it reads it; its docstring is the contract
 def volume_set_from_dataset(
     dataset: Any,
     cfg: DataConfig,

@@ -47,8 +47,38 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "") -> str:
     """The human-readable report (tables with the real-vs-real reference next to every number)."""
-    inputs = m["inputs"]
-    names = inputs["class_names"]
+    lines = _inputs_section(m["inputs"], command)
+    lines += _distribution_section(m["distribution"], m["inputs"]["class_names"])
+    lines += _two_column_section(
+        "Diversity: mean MS-SSIM within a class (lower = more diverse; near 1 = collapsed)",
+        ["class", "synthetic", "real"],
+        [[g, _fmt(r["synthetic"]), _fmt(r["real"])] for g, r in m["diversity_ms_ssim"].items()],
+    )
+    lines += _two_column_section(
+        "Conditional accuracy: the real-trained judge on volumes of each class (overall: balanced)",
+        ["class", "synthetic", "real test"],
+        [[g, _fmt(r["synthetic"]), _fmt(r["real"])] for g, r in m["conditional_accuracy"].items()],
+    )
+    if m.get("usefulness") is not None:
+        lines += _usefulness_section(m["usefulness"])
+    rows = []
+    for group, row in m["intensity"].items():
+        cells = [f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r else "–" for r in (row["synthetic"], row["real"])]
+        rows.append([group, *cells])
+    lines += _two_column_section(
+        "Intensity statistics (mean ± std of voxel values, [-1, 1] scale)", ["class", "synthetic", "real"], rows
+    )
+    audit_figures = {k: v for k, v in figures.items() if k.startswith("memorisation")}
+    if "memorisation" in m:
+        from volgan.evaluation.audit import audit_markdown
+
+        lines += audit_markdown(m["memorisation"], audit_figures)
+    lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in figures.items() if k not in audit_figures]
+    return "\n".join(lines) + "\n"
+
+
+def _inputs_section(inputs: dict[str, Any], command: str) -> list[str]:
+    """What was compared with what, in which feature space, and how to read the tables."""
     lines = [
         "# volgan evaluation report",
         "",
@@ -73,19 +103,25 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
         from volgan.evaluation.extractors import COMPARABILITY
 
         lines += ["", f"**Comparability.** {COMPARABILITY} The judge classifier's space is specific to this study."]
-    lines += [
+    return [
+        *lines,
         "",
         "**How to read it.** The real test set is split into two class-stratified halves A and B. The "
         "*reference* column compares B with A: what a perfect generator would score with this many "
         "volumes. The *synthetic* column compares the synthetic set with A, subsampled to B's size "
         "(mean over draws; the range in brackets), so both columns carry the same sample-size bias.",
+    ]
+
+
+def _distribution_section(dist: dict[str, Any], names: list[str]) -> list[str]:
+    """FD, precision/recall, ... over all classes (with what each measures), then per class."""
+    lines = [
         "",
         "## Distribution metrics (all classes)",
         "",
         "| metric | synthetic | reference (real B vs real A) | better | what it measures |",
         "|---|---|---|---|---|",
     ]
-    dist = m["distribution"]
     for group in [OVERALL, *names]:
         if group not in dist:
             continue
@@ -113,61 +149,36 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
             f"\n_n: real A {n['real_a']}, real B {n['real_b']}, synthetic {n['synthetic_per_draw']} per draw "
             f"of {n['synthetic_total']}_"
         )
-    lines += [
-        "",
-        "## Diversity: mean MS-SSIM within a class (lower = more diverse; near 1 = collapsed)",
-        "",
-        "| class | synthetic | real |",
-        "|---|---|---|",
-    ]
-    for group, row in m["diversity_ms_ssim"].items():
-        lines.append(f"| {group} | {_fmt(row['synthetic'])} | {_fmt(row['real'])} |")
-    lines += [
-        "",
-        "## Conditional accuracy: the real-trained judge on volumes of each class (overall: balanced)",
-        "",
-        "| class | synthetic | real test |",
-        "|---|---|---|",
-    ]
-    for group, row in m["conditional_accuracy"].items():
-        lines.append(f"| {group} | {_fmt(row['synthetic'])} | {_fmt(row['real'])} |")
-    use = m.get("usefulness")
-    if use is not None:
-        lines += ["", "## Usefulness: a classifier trained on … and tested on the real test set", ""]
-        if "tstr" in use:
-            lines += ["| trained on | accuracy [95 % CI] | balanced accuracy | n train |", "|---|---|---|---|"]
-            for key, label in (
-                ("tstr", "synthetic only (TSTR)"),
-                ("trtr", "real only (TRTR)"),
-                ("real_plus_synthetic", "real + synthetic"),
-            ):
-                if key in use:
-                    r = use[key]
-                    lo, hi = r["accuracy_ci95"]
-                    lines.append(
-                        f"| {label} | {_fmt(r['accuracy'])} [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['balanced_accuracy'])} "
-                        f"| {r['n_train']} |"
-                    )
-            lines.append(f"\n_recipe: {json.dumps(use['recipe'])}_")
-        if "note" in use:
-            lines.append(f"\n_{use['note']}_")
-    lines += [
-        "",
-        "## Intensity statistics (mean ± std of voxel values, [-1, 1] scale)",
-        "",
-        "| class | synthetic | real |",
-        "|---|---|---|",
-    ]
-    for group, row in m["intensity"].items():
-        cells = [f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r else "–" for r in (row["synthetic"], row["real"])]
-        lines.append(f"| {group} | {cells[0]} | {cells[1]} |")
-    audit_figures = {k: v for k, v in figures.items() if k.startswith("memorisation")}
-    if "memorisation" in m:
-        from volgan.evaluation.audit import audit_markdown
+    return lines
 
-        lines += audit_markdown(m["memorisation"], audit_figures)
-    lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in figures.items() if k not in audit_figures]
-    return "\n".join(lines) + "\n"
+
+def _two_column_section(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A ``## title`` and a table of one row per class."""
+    lines = ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _usefulness_section(use: dict[str, Any]) -> list[str]:
+    """TSTR / TRTR / real + synthetic accuracies with their intervals, or why they are absent."""
+    lines = ["", "## Usefulness: a classifier trained on … and tested on the real test set", ""]
+    if "tstr" in use:
+        lines += ["| trained on | accuracy [95 % CI] | balanced accuracy | n train |", "|---|---|---|---|"]
+        for key, label in (
+            ("tstr", "synthetic only (TSTR)"),
+            ("trtr", "real only (TRTR)"),
+            ("real_plus_synthetic", "real + synthetic"),
+        ):
+            if key in use:
+                r = use[key]
+                lo, hi = r["accuracy_ci95"]
+                lines.append(
+                    f"| {label} | {_fmt(r['accuracy'])} [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['balanced_accuracy'])} "
+                    f"| {r['n_train']} |"
+                )
+        lines.append(f"\n_recipe: {json.dumps(use['recipe'])}_")
+    if "note" in use:
+        lines.append(f"\n_{use['note']}_")
+    return lines
 
 
 def _slices_figure(o: Outcome, path: Path, n: int = 4) -> Path:

@@ -193,6 +193,7 @@ def _top_grid(fp: Fingerprint, device: str) -> int:
     return fits[-1]
 
 
+# long: the planner's decisions in the order they depend on each other, each a helper call with its reason
 def make_plan(
     fp: Fingerprint,
     minutes: float | None,
