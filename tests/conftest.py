@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from volgan.cli import main
 from volgan.config import Config, build_config
 from volgan.data.dataset import VolumeSet
 
@@ -68,3 +70,60 @@ def write_class_folders(root: Path, n_per_class: int = 3, size: int = 16, classe
         for i in range(n_per_class):
             np.save(root / str(k) / f"vol_{i}.npy", (rng.normal(size=(size,) * 3) + 3 * k).astype(np.float32))
     return root
+
+
+def weights(trainer: Any) -> dict[str, torch.Tensor]:
+    """A Trainer's generator, discriminator and EMA weights, by prefixed name."""
+    out = {f"g.{k}": v for k, v in trainer.generator.state_dict().items()}
+    out |= {f"d.{k}": v for k, v in trainer.discriminator.state_dict().items()}
+    out |= {f"ema.{k}": v for k, v in trainer.ema.module.state_dict().items()}
+    return out
+
+
+def assert_same_weights(a: Any, b: Any) -> None:
+    """Two Trainers hold bit-identical weights (the same computation run twice)."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def tiny_cli(size: int, width: int = 2, latent: int = 4, embed: int = 2) -> list[str]:
+    """``volgan train`` flags for a seconds-long run at ``size``³ with ``width`` channels."""
+    return [
+        *("--set", f"data.size={size}", "--set", f"model.ngf={width}", "--set", f"model.ndf={width}"),
+        *("--set", f"model.latent_dim={latent}", "--set", f"model.embed_dim={embed}"),
+        *("--set", "train.batch_size=2", "--set", "train.n_critic=1"),
+        *("--set", "log.every=1", "--set", "log.image_every=1000", "--set", "log.progress_bar=false"),
+        *("--device", "cpu"),
+    ]
+
+
+def write_npy_classes(root: Path, names: list[str], per_class: int = 2, size: int = 8) -> Path:
+    """One folder of ``per_class`` random ``size``³ .npy volumes per name (class k shifted by 3k)."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            np.save(root / name / f"v{i}.npy", (rng.normal(size=(size,) * 3) + 3 * k).astype(np.float32))
+    return root
+
+
+def detach_run_logs() -> None:
+    """Close the run logs a training in this process attached (a later run must not write there)."""
+    log = logging.getLogger("volgan")
+    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-step 8³ run with classes c0, c1: RUN/checkpoints/step_00000001.pt."""
+    base = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VOLGAN_CACHE_DIR", str(base / "cache"))
+        data = write_npy_classes(base / "data", ["c0", "c1"])
+        assert main(["train", "--data", str(data), "--run-dir", str(base / "run"), "--steps", "1", *tiny_cli(8)]) == 0
+    detach_run_logs()
+    return base / "run"

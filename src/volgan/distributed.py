@@ -8,8 +8,8 @@ The mathematics does not depend on the world size: ``train.batch_size`` is the *
 of N processes takes its contiguous 1/N of it, and every random draw (latents, penalty weights,
 noise) is made for the whole global batch from a generator all ranks keep in step, then sliced.
 DistributedDataParallel averages the gradients, so the update equals the single-process update on
-the whole batch (tests/test_distributed.py checks this), the learning rate needs no scaling, and a
-checkpoint resumes at any world size that divides the batch.
+the whole batch (tests/training/test_distributed.py checks this), the learning rate needs no
+scaling, and a checkpoint resumes at any world size that divides the batch.
 """
 
 from __future__ import annotations

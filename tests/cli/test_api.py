@@ -163,7 +163,7 @@ def test_sampling_changes_no_process_state(g: volgan.VolumeGenerator) -> None:
 
 
 def _guide_page(name: str) -> str:
-    return (Path(__file__).resolve().parents[1] / "docs" / "guide" / name).read_text()
+    return (Path(__file__).resolve().parents[2] / "docs" / "guide" / name).read_text()
 
 
 def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import write_class_folders
 from volgan.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--set",
     "data.size=16",

@@ -117,7 +117,7 @@ def test_example_script_runs(
     volumes, labels = make_phantom_set(2, 16, seed=0)
     data = VolumeSet.from_arrays(volumes, labels, list(CLASS_NAMES), spacing=16.0, intensity_range=(0.0, 1000.0))
     Trainer(tiny_config(tmp_path / "run", train={"steps": 1, "batch_size": 3, "n_critic": 1}), data).fit()
-    script = Path(__file__).resolve().parents[1] / "examples" / "synthetic_training.py"
+    script = Path(__file__).resolve().parents[2] / "examples" / "synthetic_training.py"
     args = ["--checkpoint", str(tmp_path / "run"), "--real-per-class", "1", "--synthetic", "6", "--steps", "2"]
     args += ["--test-per-class", "2", "--seeds", "1", "--reference-per-class", "1"]
     monkeypatch.setattr("sys.argv", [str(script), *args])

@@ -21,7 +21,7 @@ from volgan.data.dataset import CACHE_VERSION, VolumeSet, default_cache_dir, loa
 from volgan.data.preprocess import grid_affine
 from volgan.errors import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 LPS = np.array([[-2.0, 0, 0, 10], [0, -2.0, 0, 20], [0, 0, 3.0, -5], [0, 0, 0, 1]])
 
 

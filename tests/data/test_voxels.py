@@ -17,7 +17,7 @@ from volgan.data.dataset import load_volumes
 from volgan.data.voxels import as_occupancy, peek_voxels, read_binvox, read_voxels
 from volgan.errors import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MODELNET = SHARED_DATA / "modelnet10_32"
 
 

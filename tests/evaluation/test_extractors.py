@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_audit import write_phantoms
 
-from test_eval_audit import write_phantoms
 from volgan.cli import main
 from volgan.data.phantom import make_phantom_set
 from volgan.errors import CheckpointError, MetricError

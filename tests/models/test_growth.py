@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_data
-from test_training import assert_same_weights
+from conftest import assert_same_weights, tiny_config, tiny_data
 from volgan.config import build_config
 from volgan.errors import ConfigError
 from volgan.growth import GrowthSchedule, downsample, real_at_level, upsample

@@ -34,7 +34,7 @@ from volgan.data import cache as data_cache
 from volgan.data.dataset import load_volumes
 from volgan.training import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NO_SPACE = "No space left on device"
 TINY = [
     *("--set", "data.size=16", "--set", "model.ngf=4", "--set", "model.ndf=4"),

@@ -7,7 +7,6 @@ that could hang run under an alarm, so a regression fails instead of blocking th
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -21,60 +20,25 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from cli_cases import files_under, one_error_line
 
+from conftest import detach_run_logs, tiny_cli, write_npy_classes
 from volgan import sampling
 from volgan.cli import main
 from volgan.config import load_config
 from volgan.data.dataset import load_volumes
-from volgan.errors import ConfigError, DataError, VolganError
-from volgan.safety import bounded, safe_name, safe_names
+from volgan.errors import ConfigError, DataError
+from volgan.safety import bounded
 
 SIZE = 8
-TINY = [
-    *("--set", f"data.size={SIZE}", "--set", "model.ngf=2", "--set", "model.ndf=2"),
-    *("--set", "model.latent_dim=4", "--set", "model.embed_dim=2"),
-    *("--set", "train.batch_size=2", "--set", "train.n_critic=1"),
-    *("--set", "log.every=1", "--set", "log.image_every=1000", "--set", "log.progress_bar=false"),
-    *("--device", "cpu"),
-]
+TINY = tiny_cli(SIZE)
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def write_npy_classes(root: Path, names: list[str], per_class: int = 2) -> Path:
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(names):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            np.save(root / name / f"v{i}.npy", (rng.normal(size=(SIZE,) * 3) + 3 * k).astype(np.float32))
-    return root
-
-
-def one_error_line(capsys: pytest.CaptureFixture[str], code: int, match: str, exit_code: int = 2) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == exit_code, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("volgan: error: " if exit_code == 2 else "volgan: interrupted: "), lines[0]
-    assert re.search(match, lines[0]), lines[0]
-    return lines[0]
-
-
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.relative_to(folder).as_posix(): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
-
-
-def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if not p.is_dir())
-
-
-def _detach_run_logs() -> None:
-    log = logging.getLogger("volgan")
-    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
-        log.removeHandler(handler)
-        handler.close()
 
 
 @pytest.fixture(autouse=True)
@@ -95,108 +59,7 @@ def alarm() -> Iterator[Callable[[int], None]]:
     signal.signal(signal.SIGALRM, old)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-step 8³ run with classes c0, c1: RUN/checkpoints/step_00000001.pt."""
-    base = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VOLGAN_CACHE_DIR", str(base / "cache"))
-        data = write_npy_classes(base / "data", ["c0", "c1"])
-        assert main(["train", "--data", str(data), "--run-dir", str(base / "run"), "--steps", "1", *TINY]) == 0
-    _detach_run_logs()
-    return base / "run"
-
-
-def checkpoint_with_names(trained: Path, names: list[str], dest: Path) -> Path:
-    state = torch.load(trained / "checkpoints" / "step_00000001.pt", weights_only=True)
-    state["class_names"] = names
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, dest)
-    return dest
-
-
-def safetensors_with_names(trained: Path, names: list[str], dest: Path) -> Path:
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    export = dest.with_name("plain.safetensors")
-    assert main(["export", "--checkpoint", str(trained), "--out", str(export)]) == 0
-    with safe_open(str(export), framework="pt") as f:
-        meta = dict(f.metadata())
-    meta["class_names"] = __import__("json").dumps(names)
-    save_file(load_file(str(export)), str(dest), metadata=meta)
-    return dest
-
-
 # ---------------------------------------------------------------------------- 1. writes outside / collisions
-
-
-@pytest.mark.parametrize("kind", ["pt", "safetensors"])
-def test_class_named_dotdot_is_written_inside_out(
-    kind: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    make = checkpoint_with_names if kind == "pt" else safetensors_with_names
-    ckpt = make(trained, ["..", "c1"], tmp_path / "src" / f"evil.{'pt' if kind == 'pt' else 'safetensors'}")
-    out = tmp_path / "OUT" / "inner"
-    assert main(["sample", "--checkpoint", str(ckpt), "--n", "2", "--out", str(out), "--format", "npy"]) == 0
-    assert [p.name for p in (tmp_path / "OUT").iterdir()] == ["inner"]
-    written = files_under(out)
-    assert len(written) == 8  # 2 classes x 2 volumes x (volume + sidecar)
-    assert {p.parent.name for p in written} == {"_.", "c1"}
-    sidecar = __import__("json").loads((out / "_." / "_._seed0_00000.json").read_text())
-    assert sidecar["class_name"] == ".."  # the exact name is kept: the mapping can be reversed
-
-
-@pytest.mark.parametrize(
-    ("names", "error"),
-    [
-        (["a b", "a_b"], r"class names 'a b' and 'a_b' would be written to the same files"),
-        (["Chair", "chair"], r"'Chair' and 'chair' would be written to the same files"),
-        (["caf\u00e9", "cafe\u0301"], r"'caf\\xe9' and 'cafe\\u0301' would be written to the same files"),
-        (["../../escape", "c1"], None),
-        (["/etc/passwd", "c1"], None),
-        (["a\x00b", "c1"], None),
-        (["line\nbreak", "c1"], None),
-        (["x" * 400, "c1"], None),
-        (["CON", "c1"], None),
-    ],
-    ids=[
-        "space-vs-underscore",
-        "case",
-        "unicode-nfc-vs-nfd",
-        "dotdot-slash",
-        "absolute",
-        "nul",
-        "newline",
-        "long",
-        "windows-device",
-    ],
-)
-def test_hostile_class_names_are_contained_or_refused(
-    names: list[str], error: str | None, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    ckpt = checkpoint_with_names(trained, names, tmp_path / "ck" / "c.pt")
-    out = tmp_path / "out"
-    code = main(["sample", "--checkpoint", str(ckpt), "--n", "1", "--out", str(out), "--format", "npy"])
-    if error is not None:
-        one_error_line(capsys, code, error)
-        assert not out.exists()
-        return
-    assert code == 0
-    written = files_under(tmp_path)
-    outside = [p for p in written if out not in p.parents and tmp_path / "ck" not in p.parents]
-    assert outside == []
-    samples = files_under(out)
-    assert len(samples) == 4 and len({p.parent for p in samples}) == 2
-    assert all(len(p.name.encode()) <= 255 and p.parent.parent == out for p in samples)
-
-
-def test_training_refuses_class_folders_that_would_collide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = write_npy_classes(tmp_path / "data", ["a b", "a_b"])
-    run = tmp_path / "run"
-    code = main(["train", "--data", str(data), "--run-dir", str(run), "--steps", "1", *TINY])
-    one_error_line(capsys, code, r"data: class names 'a b' and 'a_b' would be written to the same files")
-    assert not run.exists()
 
 
 def test_resume_from_a_loose_checkpoint_needs_run_dir(
@@ -215,7 +78,7 @@ def test_resume_from_a_loose_checkpoint_needs_run_dir(
     assert snapshot(tmp_path / "downloads") == before
     run = tmp_path / "continued"
     assert main(["train", "--resume", str(loose), "--run-dir", str(run), "--steps", "2", *TINY]) == 0
-    _detach_run_logs()
+    detach_run_logs()
     assert (run / "checkpoints" / "step_00000002.pt").is_file()
     assert snapshot(tmp_path / "downloads") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "continued", "downloads"]
@@ -507,14 +370,3 @@ def test_ctrl_c_while_sampling_leaves_only_complete_pairs_and_says_where_to_resu
 
 
 # ---------------------------------------------------------------------------- the name mapping itself
-
-
-def test_safe_name_properties() -> None:
-    for name in ["..", ".", "a/b", "\x00", "\n", "x" * 1000, "é" * 200, "CON", "", "con.txt"]:
-        safe = safe_name(name)
-        assert safe not in ("", ".", "..") and not safe.startswith(".")
-        assert "/" not in safe and "\x00" not in safe and "\n" not in safe
-        assert len(safe.encode()) <= 100
-    assert safe_name("x" * 1000) != safe_name("x" * 999)  # cut names stay apart by their hash
-    with pytest.raises(VolganError, match="would be written to the same files"):
-        safe_names(["A", "a"], "w")

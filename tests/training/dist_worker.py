@@ -1,7 +1,7 @@
-"""One training run for tests/test_distributed.py: under torchrun (N ranks) or alone (world size 1).
+"""One training run for tests/training/test_distributed.py: under torchrun (N ranks) or alone (world size 1).
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py --family wgan_gp --out F
-    python tests/dist_worker.py --family wgan_gp --out F
+    python -m torch.distributed.run --nproc-per-node 2 tests/training/dist_worker.py --family wgan_gp --out F
+    python tests/training/dist_worker.py --family wgan_gp --out F
 
 Rank 0 saves every parameter and gradient of both networks after ``--steps`` training steps, so
 the test can compare N processes with one. ``--fault exit`` makes rank 1 leave silently after

@@ -17,8 +17,8 @@ from conftest import write_class_folders
 from volgan import distributed
 from volgan.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "dist_worker.py"
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "training" / "dist_worker.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = [
     "--preset", "seed-design",  # torchrun trains a given recipe (a plan is timed per process)

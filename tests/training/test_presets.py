@@ -12,7 +12,7 @@ from volgan.config import Config, load_config
 from volgan.errors import ConfigError
 from volgan.presets import READABLE_COPIES, load_preset, preset_names, preset_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NAMES = ["3dgan-published", "cpu-fast32", "cpu-fast64", "seed-design", "voxel32"]
 
 

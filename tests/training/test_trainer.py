@@ -7,25 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_data
+from conftest import assert_same_weights, tiny_config, tiny_data
 from volgan import checkpoint as ckpt
 from volgan.data.stream import BatchStream
 from volgan.errors import CheckpointError, ConfigError, VolganError
 from volgan.training import Trainer, TrainingDiverged
-
-
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    out = {f"g.{k}": v for k, v in trainer.generator.state_dict().items()}
-    out |= {f"d.{k}": v for k, v in trainer.discriminator.state_dict().items()}
-    out |= {f"ema.{k}": v for k, v in trainer.ema.module.state_dict().items()}
-    return out
-
-
-def assert_same_weights(a: Trainer, b: Trainer) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
 
 
 def assert_resumes_exactly(tmp_path: Path, train: dict[str, Any], stop_after: int) -> Trainer:

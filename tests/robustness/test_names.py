@@ -1,4 +1,4 @@
-"""Fuzzed file and class names through data loading, training and sampling (issue 15).
+"""Class and file names, fuzzed and crafted, through data loading, training, sampling and export.
 
 Property: whatever the names, everything written lies under the folder the user named (the run
 folder, ``--out``, the cache), and the tool either succeeds with one file set per class or refuses
@@ -8,29 +8,25 @@ with one ``volgan: error:`` line.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_cases import checkpoint_with_names, files_under, one_error_line, safetensors_with_names
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import detach_run_logs, tiny_cli, write_npy_classes
 from volgan.cli import main
 from volgan.errors import VolganError
-from volgan.safety import safe_name
+from volgan.safety import safe_name, safe_names
 from volgan.sampling import LoadedGenerator, generate, load_generator, write_samples
 
 SIZE = 8
-TINY = [
-    *("--set", f"data.size={SIZE}", "--set", "model.ngf=2", "--set", "model.ndf=2"),
-    *("--set", "model.latent_dim=4", "--set", "model.embed_dim=2"),
-    *("--set", "train.batch_size=2", "--set", "train.n_critic=1"),
-    *("--set", "log.every=1", "--set", "log.image_every=1000", "--set", "log.progress_bar=false"),
-    *("--device", "cpu"),
-]
+TINY = tiny_cli(SIZE)
 
 # what a folder may be called: anything but '/' and NUL, not hidden, not too long for the file system
 folder_names = st.text(
@@ -44,13 +40,6 @@ any_names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300) |
 
 def _all_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if not p.is_dir()]
-
-
-def _detach_run_logs() -> None:
-    log = logging.getLogger("volgan")
-    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
-        log.removeHandler(handler)
-        handler.close()
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -69,7 +58,7 @@ def test_fuzzed_folder_and_file_names_through_train_and_sample(names: list[str],
         run, out = base / "runs" / "r", base / "out"
 
         code = main(["-q", "train", "--data", str(base / "data"), "--run-dir", str(run), "--steps", "1", *TINY])
-        _detach_run_logs()
+        detach_run_logs()
         folded = [safe_name(n).casefold() for n in names]
         if len(set(folded)) < len(folded):  # names the sampler could not keep apart: refused before training
             assert code == 2 and not run.exists()
@@ -97,7 +86,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedGenerator, n
                 np.save(base / "data" / f"c{k}" / f"v{i}.npy", np.random.default_rng(i).normal(size=(SIZE,) * 3) + k)
         args = ["-q", "train", "--data", str(base / "data"), "--run-dir", str(base / "run"), "--steps", "1", *TINY]
         assert main(args) == 0
-    _detach_run_logs()
+    detach_run_logs()
     gen = load_generator(base / "run")
     volumes = generate(gen.generator, torch.tensor([0, 1]), seed=0).numpy()
     return gen, volumes
@@ -123,3 +112,85 @@ def test_fuzzed_checkpoint_class_names_never_write_outside_out(
         assert len(written) == 2 and len(files) == 4
         assert all(p.parent.parent == out for p in files), files
         assert all(len(p.name.encode()) <= 255 for p in files)
+
+
+# ---------------------------------------------------------------------------- crafted names
+
+
+@pytest.mark.parametrize("kind", ["pt", "safetensors"])
+def test_class_named_dotdot_is_written_inside_out(
+    kind: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make = checkpoint_with_names if kind == "pt" else safetensors_with_names
+    ckpt = make(trained, ["..", "c1"], tmp_path / "src" / f"evil.{'pt' if kind == 'pt' else 'safetensors'}")
+    out = tmp_path / "OUT" / "inner"
+    assert main(["sample", "--checkpoint", str(ckpt), "--n", "2", "--out", str(out), "--format", "npy"]) == 0
+    assert [p.name for p in (tmp_path / "OUT").iterdir()] == ["inner"]
+    written = files_under(out)
+    assert len(written) == 8  # 2 classes x 2 volumes x (volume + sidecar)
+    assert {p.parent.name for p in written} == {"_.", "c1"}
+    sidecar = json.loads((out / "_." / "_._seed0_00000.json").read_text())
+    assert sidecar["class_name"] == ".."  # the exact name is kept: the mapping can be reversed
+
+
+@pytest.mark.parametrize(
+    ("names", "error"),
+    [
+        (["a b", "a_b"], r"class names 'a b' and 'a_b' would be written to the same files"),
+        (["Chair", "chair"], r"'Chair' and 'chair' would be written to the same files"),
+        (["caf\u00e9", "cafe\u0301"], r"'caf\\xe9' and 'cafe\\u0301' would be written to the same files"),
+        (["../../escape", "c1"], None),
+        (["/etc/passwd", "c1"], None),
+        (["a\x00b", "c1"], None),
+        (["line\nbreak", "c1"], None),
+        (["x" * 400, "c1"], None),
+        (["CON", "c1"], None),
+    ],
+    ids=[
+        "space-vs-underscore",
+        "case",
+        "unicode-nfc-vs-nfd",
+        "dotdot-slash",
+        "absolute",
+        "nul",
+        "newline",
+        "long",
+        "windows-device",
+    ],
+)
+def test_hostile_class_names_are_contained_or_refused(
+    names: list[str], error: str | None, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = checkpoint_with_names(trained, names, tmp_path / "ck" / "c.pt")
+    out = tmp_path / "out"
+    code = main(["sample", "--checkpoint", str(ckpt), "--n", "1", "--out", str(out), "--format", "npy"])
+    if error is not None:
+        one_error_line(capsys, code, error)
+        assert not out.exists()
+        return
+    assert code == 0
+    written = files_under(tmp_path)
+    outside = [p for p in written if out not in p.parents and tmp_path / "ck" not in p.parents]
+    assert outside == []
+    samples = files_under(out)
+    assert len(samples) == 4 and len({p.parent for p in samples}) == 2
+    assert all(len(p.name.encode()) <= 255 and p.parent.parent == out for p in samples)
+
+
+def test_training_refuses_class_folders_that_would_collide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_npy_classes(tmp_path / "data", ["a b", "a_b"])
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(data), "--run-dir", str(run), "--steps", "1", *TINY])
+    one_error_line(capsys, code, r"data: class names 'a b' and 'a_b' would be written to the same files")
+    assert not run.exists()
+
+
+def test_safe_name_properties() -> None:
+    for name in ["..", ".", "a/b", "\x00", "\n", "x" * 1000, "é" * 200, "CON", "", "con.txt"]:
+        safe = safe_name(name)
+        assert safe not in ("", ".", "..") and not safe.startswith(".")
+        assert "/" not in safe and "\x00" not in safe and "\n" not in safe
+        assert len(safe.encode()) <= 100
+    assert safe_name("x" * 1000) != safe_name("x" * 999)  # cut names stay apart by their hash
+    with pytest.raises(VolganError, match="would be written to the same files"):
+        safe_names(["A", "a"], "w")
