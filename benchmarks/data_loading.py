@@ -73,7 +73,7 @@ def main() -> None:
                 "device": "cpu",
                 "run_dir": str(Path(tmp) / "run"),
                 "data": {"root": str(root), "size": a.size, "cache_dir": str(cache)},
-                "train": {"batch_size": a.batch, "n_critic": a.n_critic},
+                "train": {"batch_size": a.batch, "wgan_gp": {"n_critic": a.n_critic}},
                 "log": {"progress_bar": False},
             },
             "<benchmark>",

@@ -4,7 +4,7 @@
     python benchmarks/train_step.py --size 64 --batch 4 --ablation      # each perf.* switch off in turn
     python benchmarks/train_step.py --device cuda --batch 16           # on a GPU (adds MFU)
     python benchmarks/train_step.py --end-to-end 12                    # + a real `volgan train` loop
-    python benchmarks/train_step.py --variant lazy5:gp_every=5 --yardstick none   # train.* variants
+    python benchmarks/train_step.py --variant lazy5:wgan_gp.gp_every=5 --yardstick none   # train.* variants
 
 ``--end-to-end N`` also runs ``volgan train`` for N generator steps on cached phantom class folders
 (same size, batch, classes, n_critic and widths; default logging, log line every step) and compares
@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 from _harness import Contender, Worker, add_contender_args, load_yardstick, machine_line, race, start_contenders, table
+
+from volgan.config import merge_dicts, unflatten
 
 
 def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, path: str) -> Contender:
@@ -73,7 +75,7 @@ def volgan(
             "device": dev.type,
             "run_dir": str(run_dir),
             "data": {"size": size},
-            "train": {"batch_size": batch, "n_critic": n_critic, **(train or {})},
+            "train": {"batch_size": batch, "wgan_gp": {"n_critic": n_critic}, **(train or {})},
             "log": {"progress_bar": False},
             "perf": perf,
         },
@@ -108,7 +110,7 @@ def end_to_end(size: int, batch: int, classes: int, n_critic: int, steps: int, d
         args = [
             "train", "--data", str(root / "data"), "--run-dir", str(root / "run"), "--steps", str(steps),
             "--device", device, "--set", f"data.size={size}", "--set", f"train.batch_size={batch}",
-            "--set", f"train.n_critic={n_critic}", "--set", "log.every=1", "--set", "log.progress_bar=false",
+            "--set", f"train.wgan_gp.n_critic={n_critic}", "--set", "log.every=1", "--set", "log.progress_bar=false",
         ]  # fmt: skip
         env = {**os.environ, "VOLGAN_CACHE_DIR": str(root / "cache")}
         subprocess.run([sys.executable, "-m", "volgan", *args], check=True, env=env, capture_output=True)
@@ -150,7 +152,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME:key=value,...",
-        help="another volgan contender with these train.* values (e.g. lazy5:gp_every=5); repeatable",
+        help="another volgan contender with these train.* values (e.g. lazy5:wgan_gp.gp_every=5); repeatable",
     )
     add_contender_args(ap)
     a = ap.parse_args()
@@ -158,7 +160,9 @@ def main() -> None:
     workers = start_contenders("train_step", a, **shape)
     for spec in a.variant:
         name, _, pairs = spec.partition(":")
-        values = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        values: dict[str, Any] = {}
+        for key, value in (pair.split("=", 1) for pair in pairs.split(",") if pair):
+            values = merge_dicts(values, unflatten(key, value))
         workers.append(Worker(f"volgan, {name}", "train_step:volgan", **shape, perf={}, train=values))
     race(workers, a.rounds, count_flops=not a.no_flops)
 

@@ -45,7 +45,7 @@ EXIT_TIMEOUT_S = 120.0
 TINY = [
     *("--set", "data.size=16", "--set", "model.ngf=4", "--set", "model.ndf=4"),
     *("--set", "model.latent_dim=8", "--set", "model.embed_dim=4"),
-    *("--set", "train.batch_size=2", "--set", "train.n_critic=1"),
+    *("--set", "train.batch_size=2", "--set", "train.wgan_gp.n_critic=1"),
     *("--set", "log.checkpoint_every=1", "--set", "log.keep_checkpoints=3", "--set", "log.every=1"),
     *("--set", "log.image_every=1000000", "--set", "log.progress_bar=false", "--device", "cpu"),
 ]

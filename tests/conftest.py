@@ -45,9 +45,11 @@ def tiny_config(run_dir: Path, **sections: Any) -> Config:
         "run_dir": str(run_dir),
         "data": {"size": 16},
         "model": {"latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4},
-        "train": {"steps": 4, "batch_size": 3, "n_critic": 2},
+        "train": {"steps": 4, "batch_size": 3},
         "log": {"every": 1, "image_every": 2, "checkpoint_every": 2, "progress_bar": False},
     }
+    if (sections.get("model") or {}).get("family") != "dcgan":  # two critic steps: the WGAN-GP's alone
+        base["train"]["wgan_gp"] = {"n_critic": 2}
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
     return build_config(base, "<test>")
@@ -93,7 +95,7 @@ def tiny_cli(size: int, width: int = 2, latent: int = 4, embed: int = 2) -> list
     return [
         *("--set", f"data.size={size}", "--set", f"model.ngf={width}", "--set", f"model.ndf={width}"),
         *("--set", f"model.latent_dim={latent}", "--set", f"model.embed_dim={embed}"),
-        *("--set", "train.batch_size=2", "--set", "train.n_critic=1"),
+        *("--set", "train.batch_size=2", "--set", "train.wgan_gp.n_critic=1"),
         *("--set", "log.every=1", "--set", "log.image_every=1000", "--set", "log.progress_bar=false"),
         *("--device", "cpu"),
     ]

@@ -37,7 +37,7 @@ def rows(out: str) -> dict[str, list[str]]:
 
 def test_train_step_benchmark_prints_a_table_with_ablation() -> None:
     args = ("--size", "16", "--batch", "2", "--n-critic", "2", "--rounds", "1", "--ablation", "--end-to-end", "4")
-    args += ("--variant", "every step:gp_every=1")
+    args += ("--variant", "every step:wgan_gp.gp_every=1")
     table = rows(out := run("train_step.py", *args, *YARDSTICK_ARGS))
     named = {BASELINE, "volgan", "volgan, all perf off", "volgan, fused_norm=off", "volgan, every step"}
     assert named <= set(table), out

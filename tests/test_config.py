@@ -1,4 +1,5 @@
 import importlib.util
+import logging
 import re
 from pathlib import Path
 from types import ModuleType
@@ -8,7 +9,7 @@ import pytest
 import yaml
 from pydantic.fields import FieldInfo
 
-from volgan.config import Config, default_yaml, load_config, parse_override, reference_rows
+from volgan.config import Config, build_config, default_yaml, load_config, parse_override, reference_rows
 from volgan.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def test_overrides_are_typed() -> None:
     [
         ("train:\n  n_critc: 5\n", r"c\.yaml: unknown key 'train\.n_critc'"),
         ("bogus: 1\n", r"unknown key 'bogus'"),
-        ("train:\n  n_critic: 0\n", r"train\.n_critic: .*greater than or equal to 1, got 0"),
+        ("train:\n  wgan_gp:\n    n_critic: 0\n", r"train\.wgan_gp\.n_critic: .*greater than or equal to 1, got 0"),
         ("train:\n  batch_size: four\n", r"train\.batch_size: .*integer.*got 'four'"),
         ("data:\n  size: 50\n", r"data\.size 50 cannot be built"),
         ("data:\n  size: 4\n", r"data\.size: .*greater than or equal to 8"),
@@ -91,7 +92,9 @@ def _leaf_keys() -> list[str]:
     """Every dotted key that holds a value, in declaration order, from the built-in defaults."""
 
     def walk(d: dict[str, Any], prefix: str = "") -> list[str]:
-        return [k for key, v in d.items() for k in (walk(v, f"{key}.") if isinstance(v, dict) else [prefix + key])]
+        return [
+            k for key, v in d.items() for k in (walk(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])
+        ]
 
     return walk(Config().to_dict())
 
@@ -123,22 +126,23 @@ def test_default_yaml_is_written_from_the_descriptions() -> None:
 def _yaml_comments(text: str) -> dict[str, str]:
     """The comment of each dotted key of a default.yaml text, its continuation lines joined."""
     out: dict[str, str] = {}
-    section = key = ""
+    path: list[str] = []  # the sections the current line is in, by indentation
+    key = ""
     for line in text.splitlines():
         code, _, comment = line.partition("# ")
         if not code.strip():  # the header, or a continuation line (indented)
             if key and line.startswith(" "):
                 out[key] += " " + comment.strip()
             continue
+        depth = (len(code) - len(code.lstrip(" "))) // 2
         name, _, value = (part.strip() for part in code.partition(":"))
-        if line.startswith(" "):
-            key = f"{section}.{name}"
-        elif value:
-            section, key = "", name
+        path = path[:depth]
+        if value:
+            key = ".".join([*path, name])
+            out[key] = comment.strip()
         else:  # a section's line: its comment is the section's description
-            section, key = name, ""
-            continue
-        out[key] = comment.strip()
+            path.append(name)
+            key = ""
     return out
 
 
@@ -149,8 +153,9 @@ def test_default_yaml_comments_are_the_descriptions_and_family_keys_stay_null() 
     comments = _yaml_comments(text)
     assert list(comments) == _leaf_keys()
     for key, default, meaning in reference_rows():
-        section, _, name = key.rpartition(".")
-        value = (documented[section] if section else documented)[name]
+        value = documented
+        for part in key.split("."):
+            value = value[part]
         if default.startswith("family: "):
             assert value is None, key
             assert comments[key] == f"{meaning}; family default {default.removeprefix('family: ')}", key
@@ -205,3 +210,36 @@ def test_configuration_reference_page_lists_every_key() -> None:
     for section in {key.rpartition(".")[0] for key in _leaf_keys()} - {""}:
         assert f"\n## {section}\n" in built
     assert "The `perf.*` keys change" in built
+
+
+def test_family_sections_are_refused_for_the_other_family() -> None:
+    with pytest.raises(ConfigError, match=r"x\.yaml: train\.dcgan\.label_noise: for model\.family dcgan only"):
+        build_config({"train": {"dcgan": {"label_noise": 0.1}}}, "x.yaml")
+    with pytest.raises(ConfigError, match=r"train\.wgan_gp\.n_critic: for model\.family wgan_gp only"):
+        build_config({"model": {"family": "dcgan"}, "train": {"wgan_gp": {"n_critic": 2}}}, "x.yaml")
+    assert build_config(
+        {"model": {"family": "dcgan"}, "train": {"dcgan": {"label_noise": 0.1}}}
+    ).train.dcgan.label_noise
+
+
+def test_old_key_names_load_in_their_new_places_with_one_note(caplog: pytest.LogCaptureFixture) -> None:
+    """A config (or checkpoint) from before the family sections: each old key is read where it lives now,
+    one warning line names them; a family-only key of the other family (a saved dump holds them all) is
+    dropped, and an old key given beside its new one wins (it is what the user wrote)."""
+    old = {
+        "model": {"grow_from": None},
+        "train": {"n_critic": 3, "gp_every": 1, "d_acc_threshold": 0.8, "mode_seeking_pool": 2},
+    }
+    with caplog.at_level(logging.WARNING, logger="volgan"):
+        cfg = build_config(old, "old.yaml")
+    assert (cfg.train.wgan_gp.n_critic, cfg.train.wgan_gp.gp_every) == (3, 1)
+    assert cfg.experimental.mode_seeking_pool == 2 and cfg.train.dcgan == build_config({}).train.dcgan
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and notes[0].startswith("old.yaml: renamed keys read in their new places: ")
+    assert "train.n_critic -> train.wgan_gp.n_critic" in notes[0] and "d_acc_threshold" not in notes[0]
+    both = {"train": {"n_critic": 4, "wgan_gp": {"n_critic": 2}}}
+    assert build_config(both).train.wgan_gp.n_critic == 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="volgan"):
+        build_config({"train": {"wgan_gp": {"n_critic": 2}}})
+    assert not caplog.records  # today's names: no note

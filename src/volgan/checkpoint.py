@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from volgan.config import Config, build_config
+from volgan.config import Config, build_config, renamed_keys
 from volgan.errors import CheckpointError
 
 log = logging.getLogger("volgan")
@@ -302,18 +302,19 @@ ARCHITECTURE_KEYS = {
         "ac_weight",
         "mapping_layers",
         "minibatch_std",
-        "grow_from",
     ),
+    "experimental": ("grow_from",),
 }
 
 
 def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
     """Refuse a checkpoint whose architecture differs from ``cfg``, naming the first differing key."""
+    saved = renamed_keys(saved, str(where))  # a checkpoint from before keys moved holds them where they were
     for section, keys in ARCHITECTURE_KEYS.items():
         for key in keys:
             here = getattr(cfg, section)
             # a key added after the checkpoint was written holds its default there
-            a, b = saved[section].get(key, type(here).model_fields[key].default), getattr(here, key)
+            a, b = (saved.get(section) or {}).get(key, type(here).model_fields[key].default), getattr(here, key)
             if a != b:
                 raise CheckpointError(
                     f"{where}: checkpoint of another config: {section}.{key} is {a!r} there, {b!r} here"
@@ -329,11 +330,14 @@ def saved_config(state: dict[str, Any]) -> dict[str, Any]:
 
     Keys added after a checkpoint was written take the value that reproduces how it was trained,
     not today's default: a run from before ``train.mode_seeking`` existed resumes without it, one from
-    before ``train.gp_every`` with the penalty on every critic step."""
+    before ``train.wgan_gp.gp_every`` with the penalty on every critic step."""
     saved = dict(state["config"])
     train = saved.get("train")
     if isinstance(train, dict):
         saved["train"] = {**_TRAIN_KEYS_ADDED_LATER, **train}
+        if isinstance(train.get("wgan_gp"), dict):  # written with the family sections: gp_every lives there
+            del saved["train"]["gp_every"], saved["train"]["mode_seeking_pool"]
+            saved["train"]["wgan_gp"] = {"gp_every": 1, **train["wgan_gp"]}
     return saved
 
 

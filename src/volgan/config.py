@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import math
 import textwrap
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,8 @@ from pydantic_core import to_jsonable_python
 
 from volgan.errors import ConfigError
 from volgan.safety import DEFAULT_MAX_DECODED_GB, load_yaml, read_config_text, shown
+
+log = logging.getLogger("volgan")
 
 _NUMBERS = (int, float, int | None, float | None)
 
@@ -113,8 +116,6 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "betas": (0.0, 0.9),
             "mode_seeking": 1.0,
             "ema_decay": 0.999,
-            "d_acc_threshold": 0.8,  # dcgan-only keys: unused by the WGAN-GP
-            "real_label": 1.0,
         },
     },
     # No D-accuracy gate (the paper's 0.8 freezes D and the generator collapses onto one volume)
@@ -130,8 +131,6 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "betas": (0.5, 0.999),
             "mode_seeking": 0.2,
             "ema_decay": 0.99,
-            "d_acc_threshold": 1.0,
-            "real_label": 0.9,
         },
     },
 }
@@ -169,11 +168,66 @@ class ModelConfig(_Section):
     mapping_layers: int = Field(0, ge=0, le=8)
     """wgan_gp: depth of a mapping network from (latent, class) to a style that sets every instance norm's
     scale and shift (AdaIN); 0: the seed design, the latent enters at the stem only"""
+
+
+class WGANGPTrainConfig(_Section):
+    """wgan_gp only: the critic's steps and its penalties (train.wgan_gp)."""
+
+    n_critic: int = Field(5, ge=1)
+    """critic steps per generator step"""
+    gp_weight: float = Field(10.0, ge=0)
+    """λ of the gradient penalty (the gradient's norm over all voxels of each sample)"""
+    gp_every: int | None = Field(None, ge=1)
+    """lazy regularisation (Karras et al. 2020): the penalty on every k-th critic step only,
+    weighted k; 1..n_critic; null: once per generator step (k = n_critic); 1: every critic step (the seed
+    design)"""
+    drift_weight: float = Field(0.001, ge=0)
+    """ε of the drift term ε * E[D(real)^2], which keeps critic scores near zero; 0 disables it"""
+
+
+class DCGANTrainConfig(_Section):
+    """dcgan only: the discriminator's gate, targets and noise (train.dcgan)."""
+
+    d_acc_threshold: float = Field(1.0, ge=0, le=1)
+    """update D only while its batch accuracy is at most this (the 3D-GAN paper: 0.8); 1: always"""
+    real_label: float = Field(0.9, gt=0.5, le=1)
+    """target for real volumes, in (0.5, 1]; below 1: one-sided label smoothing"""
+    label_noise: float = Field(0.0, ge=0, le=0.5)
+    """half-width of the uniform noise added to the targets"""
+    label_flip: float = Field(0.0, ge=0, le=0.5)
+    """probability of swapping a real/fake target"""
+    instance_noise: float = Field(0.0, ge=0, le=1)
+    """standard deviation of the Gaussian noise added to every D input, real and fake (0..1 units)"""
+    instance_noise_steps: int = Field(0, ge=0)
+    """instance_noise falls linearly to 0 over this many steps; 0: it stays constant"""
+
+
+class ExperimentalConfig(_Section):
+    """Switches measured and left off: no preset or plan uses them; kept for research
+    (measurements: docs/diversity_measurements.md)."""
+
     grow_from: int | None = Field(None, ge=8)
     """wgan_gp: progressive growing (Karras et al. 2018) from this grid, one of data.size / 2**k (e.g. 16
     or 32 for 64³), up to data.size; adds an output layer per coarser grid to the generator and an input
     layer to the critic (an architecture key); null: train at data.size from the first step (measurements:
     docs/diversity_measurements.md)"""
+    grow_steps: int | list[int] = Field(1000)
+    """with grow_from: generator steps at each grid below data.size, coarse first; one number (the
+    same for each grid) or a list with one number per grid"""
+    grow_fade: int = Field(200, ge=0)
+    """with grow_from: generator steps over which each finer grid fades in (its output blended with
+    the coarser one's, upsampled, weight 0 to 1; the critic's input likewise)"""
+    mode_seeking_pool: int = Field(1, ge=1)
+    """the mode-seeking term's distance between a pair's volumes on the means of pool³ blocks (1: voxelwise,
+    as Mao et al., and what a checkpoint from before this key resumes with): independent voxel noise averages
+    out, so only differences of shape count (measurements: docs/diversity_measurements.md)"""
+
+    @field_validator("grow_steps")
+    @classmethod
+    def _grow_steps(cls, v: int | list[int]) -> int | list[int]:
+        if any(n < 1 for n in ([v] if isinstance(v, int) else v)):
+            raise ValueError(f"each number of steps must be >= 1, got {v}")
+        return v
 
 
 class TrainConfig(_Section):
@@ -183,16 +237,6 @@ class TrainConfig(_Section):
     """generator steps (wgan_gp: each follows n_critic critic steps)"""
     batch_size: int = Field(4, ge=1)
     """volumes per step (wgan_gp's InstanceNorm also trains with 1)"""
-    n_critic: int = Field(5, ge=1)
-    """wgan_gp: critic steps per generator step"""
-    gp_weight: float = Field(10.0, ge=0)
-    """wgan_gp: λ of the gradient penalty (the gradient's norm over all voxels of each sample)"""
-    gp_every: int | None = Field(None, ge=1)
-    """wgan_gp: lazy regularisation (Karras et al. 2020): the penalty on every k-th critic step only,
-    weighted k; 1..n_critic; null: once per generator step (k = n_critic); 1: every critic step (the seed
-    design)"""
-    drift_weight: float = Field(0.001, ge=0)
-    """wgan_gp: ε of the drift term ε * E[D(real)^2], which keeps critic scores near zero; 0 disables it"""
     lr_g: float = Field(1e-4, gt=0)
     """Adam learning rate of the generator (the 3D-GAN paper: 2.5e-3)"""
     lr_d: float = Field(1e-4, gt=0)
@@ -220,44 +264,18 @@ class TrainConfig(_Section):
     machine's seconds per step"""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """what a NaN or Inf loss does: stop (naming the step and the last good checkpoint) or skip the update"""
-    d_acc_threshold: float = Field(0.8, ge=0, le=1)
-    """dcgan: update D only while its batch accuracy is at most this (the 3D-GAN paper: 0.8); 1: always"""
-    real_label: float = Field(1.0, gt=0.5, le=1)
-    """dcgan: target for real volumes, in (0.5, 1]; below 1: one-sided label smoothing"""
-    label_noise: float = Field(0.0, ge=0, le=0.5)
-    """dcgan: half-width of the uniform noise added to the targets"""
-    label_flip: float = Field(0.0, ge=0, le=0.5)
-    """dcgan: probability of swapping a real/fake target"""
-    instance_noise: float = Field(0.0, ge=0, le=1)
-    """dcgan: standard deviation of the Gaussian noise added to every D input, real and fake (0..1 units)"""
-    instance_noise_steps: int = Field(0, ge=0)
-    """dcgan: instance_noise falls linearly to 0 over this many steps; 0: it stays constant"""
     mode_seeking: float = Field(0.0, ge=0)
     """weight of the mode-seeking term 1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5) in the generator loss,
     both families, over adjacent pairs of the generator's batch, which share a class (Mao et al. 2019; an odd
     last volume has no partner); 0: off, and what a checkpoint from before this key resumes with
     (measurements: docs/diversity_measurements.md)"""
-    mode_seeking_pool: int = Field(1, ge=1)
-    """the mode-seeking term's distance between a pair's volumes on the means of pool³ blocks (1: voxelwise,
-    as Mao et al., and what a checkpoint from before this key resumes with): independent voxel noise averages
-    out, so only differences of shape count (measurements: docs/diversity_measurements.md)"""
     mode_seeking_end: float | None = Field(None, ge=0)
     """the mode-seeking term's weight at the end of the run (train.steps, or train.budget_minutes if that comes
     first), reached in a straight line from train.mode_seeking on the clock of lr_decay linear; null: the
     weight stays train.mode_seeking. Needs train.mode_seeking > 0 (measurements: docs/diversity_measurements.md)"""
-    grow_steps: int | list[int] = Field(1000)
-    """with model.grow_from: generator steps at each grid below data.size, coarse first; one number (the
-    same for each grid) or a list with one number per grid"""
-    grow_fade: int = Field(200, ge=0)
-    """with model.grow_from: generator steps over which each finer grid fades in (its output blended with
-    the coarser one's, upsampled, weight 0 to 1; the critic's input likewise)"""
 
-    @field_validator("grow_steps")
-    @classmethod
-    def _grow_steps(cls, v: int | list[int]) -> int | list[int]:
-        if any(n < 1 for n in ([v] if isinstance(v, int) else v)):
-            raise ValueError(f"each number of steps must be >= 1, got {v}")
-        return v
+    wgan_gp: WGANGPTrainConfig = Field(default_factory=WGANGPTrainConfig)
+    dcgan: DCGANTrainConfig = Field(default_factory=DCGANTrainConfig)
 
     @field_validator("betas")
     @classmethod
@@ -377,6 +395,7 @@ class Config(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     perf: PerfConfig = Field(default_factory=PerfConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
+    experimental: ExperimentalConfig = Field(default_factory=ExperimentalConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -405,11 +424,22 @@ class Config(_Section):
                 "model.mapping_layers: only for family wgan_gp (its instance norms take the style; the 3D-GAN "
                 "generator uses BatchNorm)"
             )
-        if self.train.gp_every is not None and self.train.gp_every > self.train.n_critic:
+        w = self.train.wgan_gp
+        if w.gp_every is not None and w.gp_every > w.n_critic:
             raise ValueError(
-                f"train.gp_every: {self.train.gp_every} is more than train.n_critic ({self.train.n_critic}); "
+                f"train.wgan_gp.gp_every: {w.gp_every} is more than train.wgan_gp.n_critic ({w.n_critic}); "
                 "every generator step must follow at least one penalised critic step"
             )
+        for family, section, default in (
+            ("wgan_gp", self.train.wgan_gp, WGANGPTrainConfig()),
+            ("dcgan", self.train.dcgan, DCGANTrainConfig()),
+        ):
+            changed = [k for k in type(section).model_fields if getattr(section, k) != getattr(default, k)]
+            if changed and self.model.family != family:
+                raise ValueError(
+                    f"train.{family}.{changed[0]}: for model.family {family} only; this config trains "
+                    f"{self.model.family}"
+                )
         if self.train.mode_seeking_end is not None and not self.train.mode_seeking:
             raise ValueError(
                 "train.mode_seeking_end: needs train.mode_seeking > 0, the weight the schedule starts from"
@@ -418,21 +448,21 @@ class Config(_Section):
         return self
 
     def _check_growth(self) -> None:
-        m, t, size = self.model, self.train, self.data.size
-        if m.grow_from is None:
+        e, size = self.experimental, self.data.size
+        if e.grow_from is None:
             return
-        if m.family != "wgan_gp":
-            raise ValueError("model.grow_from: progressive growing is only for family wgan_gp")
+        if self.model.family != "wgan_gp":
+            raise ValueError("experimental.grow_from: progressive growing is only for family wgan_gp")
         grids = grow_grids(size)
-        if m.grow_from not in grids:
+        if e.grow_from not in grids:
             raise ValueError(
-                f"model.grow_from: {m.grow_from} is not data.size {size} halved 1..{len(grids)} times "
+                f"experimental.grow_from: {e.grow_from} is not data.size {size} halved 1..{len(grids)} times "
                 f"(one of {', '.join(map(str, grids))})"
             )
-        levels = grids.index(m.grow_from) + 1
-        if isinstance(t.grow_steps, list) and len(t.grow_steps) != levels:
+        levels = grids.index(e.grow_from) + 1
+        if isinstance(e.grow_steps, list) and len(e.grow_steps) != levels:
             raise ValueError(
-                f"train.grow_steps: {len(t.grow_steps)} numbers for {levels} grids below {size} "
+                f"experimental.grow_steps: {len(e.grow_steps)} numbers for {levels} grids below {size} "
                 f"({', '.join(map(str, reversed(grids[:levels])))}); give {levels} or one number"
             )
 
@@ -441,10 +471,10 @@ class Config(_Section):
 
     def digest(self) -> str:
         """Short hash of the architecture-relevant settings, recorded with every sample."""
-        blob = json.dumps(
-            {"data": self.data.model_dump(mode="json"), "model": self.model.model_dump(mode="json")},
-            sort_keys=True,
-        )
+        # grow_from is an architecture key (it lived in model before experimental): hashed there, so a
+        # config's digest is what it was
+        model = {**self.model.model_dump(mode="json"), "grow_from": self.experimental.grow_from}
+        blob = json.dumps({"data": self.data.model_dump(mode="json"), "model": model}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -482,12 +512,18 @@ _FAMILY = "family: "  # reference_rows: how the default of a key taken from mode
 
 
 def _sections() -> list[tuple[str, type[_Section]]]:
-    """``("", Config)`` for the top-level keys, then each section's name and model, in declaration order."""
-    out: list[tuple[str, type[_Section]]] = [("", Config)]
-    for name, field in Config.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section):
-            out.append((name, field.annotation))
-    return out
+    """``("", Config)`` for the top-level keys, then each section's dotted name and model, in declaration
+    order (a section inside a section, like ``train.wgan_gp``, right after its parent)."""
+
+    def walk(prefix: str, model: type[_Section]) -> list[tuple[str, type[_Section]]]:
+        out: list[tuple[str, type[_Section]]] = []
+        for name, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, _Section):
+                dotted = f"{prefix}.{name}" if prefix else name
+                out += [(dotted, field.annotation), *walk(dotted, field.annotation)]
+        return out
+
+    return [("", Config), *walk("", Config)]
 
 
 def _leaves(model: type[_Section]) -> list[str]:
@@ -575,11 +611,13 @@ def default_yaml() -> str:
         section, _, key = dotted.rpartition(".")
         if section != current:
             current = section
-            lines += ["", *_commented(f"{section}:", docs[section])]
+            indent = "  " * section.count(".")
+            lines += ["", *_commented(f"{indent}{section.rpartition('.')[2]}:", docs[section])]
         value, comment = default, description
         if default.startswith(_FAMILY):
             value, comment = "null", f"{description}; family default {default.removeprefix(_FAMILY)}"
-        lines += _commented(f"{'  ' if section else ''}{key}: {value}", comment)
+        indent = "  " * (section.count(".") + 1) if section else ""
+        lines += _commented(f"{indent}{key}: {value}", comment)
     return "\n".join(lines) + "\n"
 
 
@@ -647,8 +685,66 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# keys that moved: old (section, key) -> new dotted path; the family a family-only key is for
+RENAMED: dict[tuple[str, str], tuple[str, str | None]] = {
+    **{("train", k): (f"train.wgan_gp.{k}", "wgan_gp") for k in ("n_critic", "gp_weight", "gp_every", "drift_weight")},
+    **{
+        ("train", k): (f"train.dcgan.{k}", "dcgan")
+        for k in (
+            "d_acc_threshold",
+            "real_label",
+            "label_noise",
+            "label_flip",
+            "instance_noise",
+            "instance_noise_steps",
+        )
+    },
+    ("model", "grow_from"): ("experimental.grow_from", None),
+    ("train", "grow_steps"): ("experimental.grow_steps", None),
+    ("train", "grow_fade"): ("experimental.grow_fade", None),
+    ("train", "mode_seeking_pool"): ("experimental.mode_seeking_pool", None),
+}
+
+
+def renamed_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` with keys that moved (:data:`RENAMED`) in their new places, said in one log line. A
+    family-only key of the other family (what configs saved before the family sections hold) is dropped."""
+    model = data.get("model") or {}
+    family = model.get("family", "wgan_gp") if isinstance(model, dict) else None
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    moved: list[str] = []
+    extra: dict[str, Any] = {}
+    for (section, key), (new, only) in RENAMED.items():
+        given = out.get(section)
+        if not isinstance(given, dict) or key not in given:
+            continue
+        value = given.pop(key)
+        if only is not None and only != family:
+            continue
+        moved.append(f"{section}.{key} -> {new}")
+        extra = merge_dicts(extra, unflatten(new, value))
+    if moved:
+        log.warning("%s: renamed keys read in their new places: %s", source, ", ".join(moved))
+        out = merge_dicts(out, extra)
+    return out
+
+
+def unflatten(dotted: str, value: Any) -> dict[str, Any]:
+    """``"a.b.c", v`` -> ``{"a": {"b": {"c": v}}}``."""
+    out: dict[str, Any] = {}
+    node = out
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[leaf] = value
+    return out
+
+
 def build_config(data: dict[str, Any], source: str = "<config>") -> Config:
-    """Validate a plain mapping into a Config, or raise one ConfigError line."""
+    """Validate a plain mapping into a Config (keys that moved are read in their new places, said in
+    one log line), or raise one ConfigError line."""
+    if isinstance(data, dict):
+        data = renamed_keys(data, source)
     try:
         return Config.model_validate(data)
     except ValidationError as e:

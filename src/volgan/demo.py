@@ -54,7 +54,7 @@ def _phantom() -> DemoSet:
         (0.0, 1000.0),
         {
             "model": {"family": "wgan_gp", "latent_dim": 64, "embed_dim": 32, "ngf": 16, "ndf": 16},
-            "train": {"batch_size": 8, "n_critic": 2, "lr_g": 2e-4, "lr_d": 2e-4, "ema_decay": 0.99},
+            "train": {"batch_size": 8, "wgan_gp": {"n_critic": 2}, "lr_g": 2e-4, "lr_d": 2e-4, "ema_decay": 0.99},
         },
         32,
     )

@@ -1,9 +1,9 @@
 """Progressive growing (Karras et al. 2018): train the WGAN-GP at a coarse grid first, then finer ones.
 
-With ``model.grow_from: 16`` a 64³ run trains at 16³, then 32³, then 64³. At a coarse level the
+With ``experimental.grow_from: 16`` a 64³ run trains at 16³, then 32³, then 64³. At a coarse level the
 generator runs only its first stages and a small output layer of that level; the critic reads the
 volume through an input layer of that level and runs only its last stages; the real batch is
-average-pooled to the level's grid. Each new level fades in over ``train.grow_fade`` generator steps:
+average-pooled to the level's grid. Each new level fades in over ``experimental.grow_fade`` generator steps:
 the output (and the critic's input) is a blend of the new finer path and the coarser one, upsampled
 (pooled), with the blend weight ``alpha`` going linearly 0 -> 1. A coarse step costs less than a
 full-size one, though not 8x less per halving: the wide coarse stages dominate. Its step costs and
@@ -44,9 +44,9 @@ class GrowthSchedule:
 
     @classmethod
     def for_run(cls, cfg: Config) -> GrowthSchedule | None:
-        """The schedule of a run's config (None: no model.grow_from, the full grid throughout)."""
-        m, t = cfg.model, cfg.train
-        return None if m.grow_from is None else cls.from_config(cfg.data.size, m.grow_from, t.grow_steps, t.grow_fade)
+        """The schedule of a run's config (None: no experimental.grow_from, the full grid throughout)."""
+        e = cfg.experimental
+        return None if e.grow_from is None else cls.from_config(cfg.data.size, e.grow_from, e.grow_steps, e.grow_fade)
 
     @classmethod
     def from_config(cls, size: int, grow_from: int | None, grow_steps: int | list[int], fade: int) -> GrowthSchedule:

@@ -122,9 +122,9 @@ class RunServices:
 
     def targets(self, real: bool) -> torch.Tensor:
         """This rank's rows of the global batch's (soft, noisy, flipped) discriminator targets."""
-        t = self.cfg.train
+        t, dc = self.cfg.train, self.cfg.train.dcgan
         targets = label_targets(
-            t.batch_size, real, real_label=t.real_label, noise=t.label_noise, flip=t.label_flip, device=self.device
+            t.batch_size, real, real_label=dc.real_label, noise=dc.label_noise, flip=dc.label_flip, device=self.device
         )
         return targets[self.rows]
 

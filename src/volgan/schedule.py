@@ -47,9 +47,9 @@ def step_plan(t: TrainConfig, step: int, trained_seconds: float, growth: GrowthS
     """The plan of generator step ``step`` after ``trained_seconds`` of training."""
     done = part_done(t, step, trained_seconds)
     ms = t.mode_seeking if t.mode_seeking_end is None else t.mode_seeking + (t.mode_seeking_end - t.mode_seeking) * done
-    noise = t.instance_noise
-    if t.instance_noise_steps:  # annealed to 0 (Sønderby et al. 2016)
-        noise = t.instance_noise * max(0.0, 1.0 - step / t.instance_noise_steps)
+    noise = t.dcgan.instance_noise
+    if t.dcgan.instance_noise_steps:  # annealed to 0 (Sønderby et al. 2016)
+        noise = t.dcgan.instance_noise * max(0.0, 1.0 - step / t.dcgan.instance_noise_steps)
     level, fade, new_phase = None, 1.0, False
     if growth is not None:
         level, fade = growth.at(step)

@@ -1,10 +1,10 @@
 """One iteration of each family: what happens between two generator steps, beside the losses it uses.
 
 :class:`WGANGPStep`: ``n_critic`` critic updates (Wasserstein loss, drift, and on every
-``train.gp_every``-th of them the gradient penalty, weighted ``gp_every``; by default on the first
+``train.wgan_gp.gp_every``-th of them the gradient penalty, weighted ``gp_every``; by default on the first
 of each generator step's critic steps), then one generator update. :class:`DCGANStep`: one
 discriminator update (binary cross-entropy; skipped while the discriminator's batch accuracy is
-above ``train.d_acc_threshold``, the 3D-GAN gate), then one generator update. Each is built from the
+above ``train.dcgan.d_acc_threshold``, the 3D-GAN gate), then one generator update. Each is built from the
 config and called with explicit inputs: the networks and optimisers (:class:`Nets`), the run's
 services for one step (:class:`StepServices`: batches, random draws, precision, checks) and the
 step's :class:`~volgan.schedule.StepPlan`; none reads a ``Trainer``.
@@ -78,14 +78,15 @@ class WGANGPStep:
     """WGAN-GP: n_critic critic updates, then one generator update."""
 
     def __init__(self, cfg: Config) -> None:
-        self.t, self.ac_weight, self.perf = cfg.train, cfg.model.ac_weight, cfg.perf
+        self.t, self.w, self.ac_weight, self.perf = cfg.train, cfg.train.wgan_gp, cfg.model.ac_weight, cfg.perf
+        self.pool = cfg.experimental.mode_seeking_pool
 
     def __call__(self, nets: Nets, sv: StepServices, plan: StepPlan) -> dict[str, float]:
-        t, g, d = self.t, nets.g, nets.d
+        t, w, g, d = self.t, self.w, nets.g, nets.d
         labels = None
         penalties = []
-        every = t.gp_every or t.n_critic
-        for i in range(t.n_critic):
+        every = w.gp_every or w.n_critic
+        for i in range(w.n_critic):
             real, labels = sv.batch()
             b = real.shape[0]
             with torch.no_grad(), sv.amp():
@@ -101,15 +102,15 @@ class WGANGPStep:
             scores = scores.float()
             real_scores, fake_scores = scores[:b], scores[b:]
             w_loss = critic_loss(real_scores, fake_scores)
-            loss_d = w_loss + t.drift_weight * drift_penalty(real_scores)
+            loss_d = w_loss + w.drift_weight * drift_penalty(real_scores)
             # Lazy regularisation: the penalty on every gp_every-th critic step of the run (counted
             # across generator steps, so resuming keeps the schedule), weighted gp_every.
-            if (plan.step * t.n_critic + i) % every == 0:
+            if (plan.step * w.n_critic + i) % every == 0:
                 alpha = sv.draw(torch.rand)
                 # The penalty's pass runs in float32 even under AMP: it differentiates the critic twice
                 # and its target (a gradient norm of 1) is a precision-sensitive quantity.
                 gp = gradient_penalty(functools.partial(nets.d_call, "forward", labels=labels), real, fake, alpha)
-                loss_d = loss_d + every * t.gp_weight * gp
+                loss_d = loss_d + every * w.gp_weight * gp
                 penalties.append(gp.detach())
             if logits is not None:  # auxiliary classifier learns the classes from real volumes only
                 loss_d = loss_d + self.ac_weight * F.cross_entropy(logits[:b].float(), labels)
@@ -132,7 +133,7 @@ class WGANGPStep:
         d.requires_grad_(True)
         loss_g = generator_loss(fake_scores.float())
         if t.mode_seeking:
-            loss_g = loss_g + plan.mode_seeking * mode_seeking_loss(generated, z, pool=t.mode_seeking_pool)
+            loss_g = loss_g + plan.mode_seeking * mode_seeking_loss(generated, z, pool=self.pool)
         if logits is not None:
             loss_g = loss_g + self.ac_weight * F.cross_entropy(logits.float(), labels)
         sv.generator_update(loss_g)
@@ -144,7 +145,7 @@ class DCGANStep:
     """3D-GAN: one discriminator update (only while its accuracy is <= the gate), one generator update."""
 
     def __init__(self, cfg: Config) -> None:
-        self.t, self.ac_weight = cfg.train, cfg.model.ac_weight
+        self.t, self.ac_weight, self.pool = cfg.train, cfg.model.ac_weight, cfg.experimental.mode_seeking_pool
 
     def __call__(self, nets: Nets, sv: StepServices, plan: StepPlan) -> dict[str, float]:
         t, g, d = self.t, nets.g, nets.d
@@ -164,7 +165,7 @@ class DCGANStep:
             loss_d = loss_d + self.ac_weight * F.cross_entropy(real_classes.float(), labels)
         accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
         accuracy = torch.tensor(distributed.mean(float(accuracy), sv.dist, sv.device))  # the global batch's
-        update_d = float(accuracy) <= t.d_acc_threshold  # the 3D-GAN gate: let G catch up
+        update_d = float(accuracy) <= t.dcgan.d_acc_threshold  # the 3D-GAN gate: let G catch up
         nets.opt_d.zero_grad(set_to_none=True)
         if update_d and sv.check_finite("discriminator loss", loss_d.detach()):
             loss_d.backward()
@@ -176,7 +177,7 @@ class DCGANStep:
         if fake_classes is not None:  # ... and asks the generator for volumes of the requested class
             loss_g = loss_g + self.ac_weight * F.cross_entropy(fake_classes.float(), fake_labels)
         if t.mode_seeking:
-            loss_g = loss_g + plan.mode_seeking * mode_seeking_loss(fake, z, pool=t.mode_seeking_pool)
+            loss_g = loss_g + plan.mode_seeking * mode_seeking_loss(fake, z, pool=self.pool)
         d.requires_grad_(True)
         sv.generator_update(loss_g)
         return {

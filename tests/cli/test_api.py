@@ -24,7 +24,7 @@ from volgan.training import Trainer
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("api") / "run"
-    Trainer(tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "n_critic": 1}), tiny_data()).fit()
+    Trainer(tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "wgan_gp": {"n_critic": 1}}), tiny_data()).fit()
     return run_dir
 
 
@@ -178,7 +178,9 @@ def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
         spacing=2.0,
         intensity_range=(0.0, 100.0),
     )
-    Trainer(tiny_config(tmp_path / "runs" / "demo", train={"steps": 1, "batch_size": 3, "n_critic": 1}), data).fit()
+    Trainer(
+        tiny_config(tmp_path / "runs" / "demo", train={"steps": 1, "batch_size": 3, "wgan_gp": {"n_critic": 1}}), data
+    ).fit()
     monkeypatch.chdir(tmp_path)
     blocks = _guide_page("python-api.md").split("```python\n")[1:]
     assert len(blocks) >= 5

@@ -22,7 +22,9 @@ from volgan.training import Trainer
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("interpolate") / "run"
-    Trainer(tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "n_critic": 1}), tiny_data(classes=3)).fit()
+    Trainer(
+        tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "wgan_gp": {"n_critic": 1}}), tiny_data(classes=3)
+    ).fit()
     return run_dir
 
 

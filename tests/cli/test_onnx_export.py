@@ -26,7 +26,7 @@ ONNX_VS_TORCH = {"rtol": 0.0, "atol": RELATIVE_TOLERANCE * 100.0}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx")
-    steps = {"steps": 2, "batch_size": 3, "n_critic": 1}
+    steps = {"steps": 2, "batch_size": 3, "wgan_gp": {"n_critic": 1}}
     # conditional WGAN-GP with the mapping network (style at every norm), unconditional 3D-GAN (sigmoid output)
     wgan = tiny_config(root / "wgan", train=steps, model={"latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4,
                                                           "mapping_layers": 1})  # fmt: skip

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.numerics  # results depend on the CPU kernels: rerun li
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("sampling") / "run"
-    Trainer(tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "n_critic": 1}), tiny_data()).fit()
+    Trainer(tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "wgan_gp": {"n_critic": 1}}), tiny_data()).fit()
     return run_dir
 
 
@@ -78,7 +78,7 @@ def test_another_models_volumes_are_never_replaced_silently(
     from volgan.cli import main
 
     other = tmp_path / "other"
-    Trainer(tiny_config(other, train={"steps": 3, "batch_size": 3, "n_critic": 1}), tiny_data()).fit()
+    Trainer(tiny_config(other, train={"steps": 3, "batch_size": 3, "wgan_gp": {"n_critic": 1}}), tiny_data()).fit()
     out = tmp_path / "samples"
     args = ["sample", "--n", "2", "--seed", "4", "--out", str(out), "--format", "npy"]
     assert main([*args, "--checkpoint", str(run)]) == 0

@@ -21,7 +21,7 @@ from volgan.training import Trainer
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("synthetic") / "run"
     data = tiny_data(n=9, classes=3)
-    Trainer(tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "n_critic": 1}), data).fit()
+    Trainer(tiny_config(run_dir, train={"steps": 2, "batch_size": 3, "wgan_gp": {"n_critic": 1}}), data).fit()
     return run_dir
 
 
@@ -116,7 +116,7 @@ def test_example_script_runs(
 
     volumes, labels = make_phantom_set(2, 16, seed=0)
     data = VolumeSet.from_arrays(volumes, labels, list(CLASS_NAMES), spacing=16.0, intensity_range=(0.0, 1000.0))
-    Trainer(tiny_config(tmp_path / "run", train={"steps": 1, "batch_size": 3, "n_critic": 1}), data).fit()
+    Trainer(tiny_config(tmp_path / "run", train={"steps": 1, "batch_size": 3, "wgan_gp": {"n_critic": 1}}), data).fit()
     script = Path(__file__).resolve().parents[2] / "examples" / "synthetic_training.py"
     args = ["--checkpoint", str(tmp_path / "run"), "--real-per-class", "1", "--synthetic", "6", "--steps", "2"]
     args += ["--test-per-class", "2", "--seeds", "1", "--reference-per-class", "1"]

@@ -1,4 +1,4 @@
-"""Progressive growing (model.grow_from): schedule, the fade's continuity, training, resume, sampling."""
+"""Progressive growing (experimental.grow_from): schedule, the fade's continuity, training, resume, sampling."""
 
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from volgan.growth import GrowthSchedule, downsample, real_at_level, upsample
 from volgan.models.wgan_gp import Critic, Generator
 from volgan.training import Trainer
 
-GROW = {"model": {"grow_from": 8}, "train": {"grow_steps": 3, "grow_fade": 2, "steps": 6}}
+GROW = {"experimental": {"grow_from": 8, "grow_steps": 3, "grow_fade": 2}, "train": {"steps": 6}}
 
 
 def test_schedule_levels_and_fade() -> None:
@@ -128,11 +128,11 @@ def test_layers_of_unused_levels_get_no_gradient(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ({"model": {"grow_from": 12}}, "model.grow_from"),
-        ({"model": {"grow_from": 32}}, "model.grow_from"),
-        ({"model": {"grow_from": 8}, "train": {"grow_steps": [5]}}, "train.grow_steps"),
-        ({"model": {"grow_from": 8, "family": "dcgan"}}, "wgan_gp"),
-        ({"train": {"grow_steps": 0}}, "grow_steps"),
+        ({"experimental": {"grow_from": 12}}, "experimental.grow_from"),
+        ({"experimental": {"grow_from": 32}}, "experimental.grow_from"),
+        ({"experimental": {"grow_from": 8, "grow_steps": [5]}}, "experimental.grow_steps"),
+        ({"experimental": {"grow_from": 8}, "model": {"family": "dcgan"}}, "wgan_gp"),
+        ({"experimental": {"grow_steps": 0}}, "grow_steps"),
     ],
 )
 def test_bad_growth_settings_name_the_key(override: dict, words: str) -> None:

@@ -200,7 +200,7 @@ def test_a_training_step_is_the_same_with_and_without_fast_paths(tmp_path: Path)
 def test_bf16_autocast_path_runs_and_keeps_the_penalty_in_float32(tmp_path: Path) -> None:
     """The CUDA AMP path, exercised on the CPU (which has bf16 autocast too)."""
     trainer = _trainer(tmp_path, "amp", {})
-    trainer.autocast = torch.bfloat16
+    trainer.autocast = trainer.services.autocast = torch.bfloat16
     dtypes: list[torch.dtype] = []
     hook = trainer.discriminator.features[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     values = trainer.train_step()

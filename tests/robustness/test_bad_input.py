@@ -41,7 +41,7 @@ TINY = [
     *("--set", f"data.size={SIZE}"),
     *("--set", "model.ngf=4", "--set", "model.ndf=4"),
     *("--set", "model.latent_dim=8", "--set", "model.embed_dim=4"),
-    *("--set", "train.batch_size=2", "--set", "train.n_critic=1"),
+    *("--set", "train.batch_size=2", "--set", "train.wgan_gp.n_critic=1"),
     *("--set", "log.every=1", "--set", "log.image_every=1000", "--set", "log.progress_bar=false"),
     *("--device", "cpu"),
 ]
@@ -265,9 +265,11 @@ def yaml_unknown_key(ws: Workspace) -> Invocation:
 
 
 def yaml_wrong_type(ws: Workspace) -> Invocation:
-    config = ws.config_file("train:\n  gp_weight: ten\n")
+    config = ws.config_file("train:\n  wgan_gp:\n    gp_weight: ten\n")
     return Invocation(
-        ws.train_args(config=config), r"bad\.yaml.*: train\.gp_weight: Input should be a valid number.*'ten'", [ws.run]
+        ws.train_args(config=config),
+        r"bad\.yaml.*: train\.wgan_gp\.gp_weight: Input should be a valid number.*'ten'",
+        [ws.run],
     )
 
 

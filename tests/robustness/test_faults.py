@@ -39,7 +39,7 @@ NO_SPACE = "No space left on device"
 TINY = [
     *("--set", "data.size=16", "--set", "model.ngf=4", "--set", "model.ndf=4"),
     *("--set", "model.latent_dim=8", "--set", "model.embed_dim=4"),
-    *("--set", "train.batch_size=2", "--set", "train.n_critic=1", "--set", "log.checkpoint_every=1"),
+    *("--set", "train.batch_size=2", "--set", "train.wgan_gp.n_critic=1", "--set", "log.checkpoint_every=1"),
     *("--set", "log.image_every=1000", "--set", "log.progress_bar=false", "--device", "cpu"),
 ]
 

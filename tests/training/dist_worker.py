@@ -26,7 +26,7 @@ from volgan.errors import VolganError
 from volgan.training import Trainer
 
 FAMILIES = {
-    "wgan_gp": {"model": {"ngf": 4, "ndf": 4, "latent_dim": 8, "embed_dim": 4}, "train": {"n_critic": 2}},
+    "wgan_gp": {"model": {"ngf": 4, "ndf": 4, "latent_dim": 8, "embed_dim": 4}, "train": {"wgan_gp": {"n_critic": 2}}},
     "dcgan": {
         # minibatch_std off: its groups are formed within each process's share (README, torchrun)
         "model": {
@@ -38,7 +38,7 @@ FAMILIES = {
             "ac_weight": 1.0,
             "minibatch_std": False,
         },
-        "train": {"d_acc_threshold": 1.0, "instance_noise": 0.1, "label_noise": 0.05},
+        "train": {"dcgan": {"d_acc_threshold": 1.0, "instance_noise": 0.1, "label_noise": 0.05}},
     },
 }
 
@@ -60,10 +60,7 @@ def main() -> int:
     ctx = distributed.env_context()
     spec = FAMILIES[a.family]
     if a.grow:
-        spec = {
-            "model": {**spec["model"], "grow_from": 8},
-            "train": {**spec["train"], "grow_steps": 1, "grow_fade": 2},
-        }
+        spec = {**spec, "experimental": {"grow_from": 8, "grow_steps": 1, "grow_fade": 2}}
     cfg = build_config(
         {
             "device": "cpu",
@@ -71,6 +68,7 @@ def main() -> int:
             "data": {"size": 16},
             "model": spec["model"],
             "train": {"batch_size": a.batch, **spec["train"]},
+            "experimental": spec.get("experimental", {}),
             "log": {"progress_bar": False},
             "dist": {"timeout_s": a.timeout, "sync_batchnorm": not a.no_sync_bn},
             "augment": {"enabled": a.augment, "p": 0.5, "interval": 1},

@@ -3,6 +3,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,7 +85,10 @@ def test_truncated_and_foreign_files(tmp_path: Path) -> None:
 def tiny_run(factory: pytest.TempPathFactory, family: str) -> Path:
     run_dir = factory.mktemp(family) / "run"
     model = {"family": family, "latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4}
-    Trainer(tiny_config(run_dir, model=model, train={"steps": 2, "batch_size": 3, "n_critic": 1}), tiny_data()).fit()
+    train: dict[str, Any] = {"steps": 2, "batch_size": 3}
+    if family == "wgan_gp":
+        train["wgan_gp"] = {"n_critic": 1}
+    Trainer(tiny_config(run_dir, model=model, train=train), tiny_data()).fit()
     return run_dir
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
+from volgan.config import DCGANTrainConfig
 from volgan.ema import EMA, recalibrate_batchnorm
 from volgan.losses import bce_discriminator_loss, bce_generator_loss, discriminator_accuracy, label_targets
 from volgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, minibatch_stddev
@@ -15,10 +16,13 @@ from volgan.training import Trainer
 
 
 def dcgan_config(run_dir: Path, **train: object):
+    """A 16³ 3D-GAN; ``train``: keys of train, or of train.dcgan (the family's own)."""
+    own = {k: v for k, v in train.items() if k in DCGANTrainConfig.model_fields}
+    common = {k: v for k, v in train.items() if k not in own}
     return tiny_config(
         run_dir,
         model={"family": "dcgan", "latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4},
-        train={"steps": 4, "batch_size": 4, **train},
+        train={"steps": 4, "batch_size": 4, **common, "dcgan": own},
     )
 
 
@@ -205,7 +209,7 @@ def test_auxiliary_classifier_head_and_its_training(tmp_path: Path) -> None:
     cfg = tiny_config(
         tmp_path / "run",
         model={"family": "dcgan", "latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4, "ac_weight": 1.0},
-        train={"steps": 2, "batch_size": 4, "d_acc_threshold": 1.0},
+        train={"steps": 2, "batch_size": 4, "dcgan": {"d_acc_threshold": 1.0}},
     )
     trainer = Trainer(cfg, tiny_data(classes=2))
     head = trainer.discriminator.classifier

@@ -23,7 +23,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = [
     "--preset", "seed-design",  # torchrun trains a given recipe (a plan is timed per process)
     "--set", "data.size=16", "--set", "model.ngf=4", "--set", "model.ndf=4", "--set", "model.latent_dim=8",
-    "--set", "model.embed_dim=4", "--set", "train.batch_size=4", "--set", "train.n_critic=2",
+    "--set", "model.embed_dim=4", "--set", "train.batch_size=4", "--set", "train.wgan_gp.n_critic=2",
     "--set", "log.checkpoint_every=1", "--set", "log.every=1", "--set", "log.image_every=1000",
     "--set", "log.progress_bar=false", "--device", "cpu",
 ]  # fmt: skip

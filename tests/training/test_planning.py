@@ -155,8 +155,8 @@ def test_full_widths_only_where_the_budget_holds_many_of_their_steps() -> None:
     s_wide = 3.0 * 0.01 * 8  # a 64³ width-32 step of the stand-in machine
     long = make_plan(_fp(edge=64), 1.2 * need * s_wide / 60, timer=_timer(0.01))
     short = make_plan(_fp(edge=64), 0.8 * need * s_wide / 60, timer=_timer(0.01))
-    assert long.value("model.ngf") == 32 and long.value("train.n_critic") == 5
-    assert short.value("model.ngf") == 16 and short.value("train.n_critic") == 2
+    assert long.value("model.ngf") == 32 and long.value("train.wgan_gp.n_critic") == 5
+    assert short.value("model.ngf") == 16 and short.value("train.wgan_gp.n_critic") == 2
     assert "half widths" in next(c.reason for c in short.choices if c.key == "model.ngf")
 
 
@@ -300,7 +300,10 @@ def test_volgan_plan_prints_the_plan_and_how_to_train_it(
     assert cfg.train.budget_minutes == 2 and cfg.model.family == "wgan_gp" and cfg.data.size == 16
     assert main(["plan", "--data", str(data), "--minutes", "2", *SMALL, "--json"]) == 0
     as_json = json.loads(capsys.readouterr().out)
-    assert as_json["minutes"] == 2 and {c["key"] for c in as_json["choices"]} >= {"model.family", "train.n_critic"}
+    assert as_json["minutes"] == 2 and {c["key"] for c in as_json["choices"]} >= {
+        "model.family",
+        "train.wgan_gp.n_critic",
+    }
     assert as_json["planning_seconds"] < 30
 
 
@@ -355,7 +358,10 @@ def test_train_with_no_config_trains_the_plan_and_keeps_it(
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert plan["minutes"] == 1 and saved["train"]["budget_minutes"] == 1
     planned = {c["key"]: c["value"] for c in plan["choices"]}
-    assert saved["model"]["ngf"] == planned["model.ngf"] and saved["train"]["n_critic"] == planned["train.n_critic"]
+    assert (
+        saved["model"]["ngf"] == planned["model.ngf"]
+        and saved["train"]["wgan_gp"]["n_critic"] == planned["train.wgan_gp.n_critic"]
+    )
     assert saved["train"]["steps"] == 2  # --steps is the user's and wins over the plan
     assert (run / "checkpoints" / "step_00000002.pt").exists()
 

@@ -86,7 +86,7 @@ def test_resume_is_refused_while_the_run_trains_and_a_killed_holder_is_taken_ove
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = tmp_path / "run"
-    Trainer(tiny_config(run, train={"steps": 1, "batch_size": 2, "n_critic": 1}), tiny_data()).fit()
+    Trainer(tiny_config(run, train={"steps": 1, "batch_size": 2, "wgan_gp": {"n_critic": 1}}), tiny_data()).fit()
     holder = hold(run)
     with pytest.raises(RunLockedError, match=refusal(run, holder.pid)):
         Trainer(tiny_config(run), tiny_data(), resume=run)
@@ -96,7 +96,9 @@ def test_resume_is_refused_while_the_run_trains_and_a_killed_holder_is_taken_ove
     holder.kill()  # like kill -9: no clean-up, its JSON stays behind
     holder.wait()
     with caplog.at_level(logging.WARNING, logger="volgan"):
-        resumed = Trainer(tiny_config(run, train={"steps": 2, "batch_size": 2, "n_critic": 1}), tiny_data(), resume=run)
+        resumed = Trainer(
+            tiny_config(run, train={"steps": 2, "batch_size": 2, "wgan_gp": {"n_critic": 1}}), tiny_data(), resume=run
+        )
         assert resumed.fit().step == 2
     assert f"taking over a stale lock of pid {holder.pid}" in caplog.text
     assert "that process no longer exists" in caplog.text
@@ -150,7 +152,7 @@ def test_lock_is_held_during_fit_and_released_after_an_exception(tmp_path: Path)
 
 def test_lock_is_released_after_fit_and_after_sigint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    trainer = Trainer(tiny_config(run, train={"steps": 50, "batch_size": 2, "n_critic": 1}), tiny_data())
+    trainer = Trainer(tiny_config(run, train={"steps": 50, "batch_size": 2, "wgan_gp": {"n_critic": 1}}), tiny_data())
     original = trainer.train_step
 
     def step_then_interrupt() -> dict[str, float]:

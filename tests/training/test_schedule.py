@@ -2,7 +2,7 @@
 
 import pytest
 
-from volgan.config import TrainConfig
+from volgan.config import DCGANTrainConfig, TrainConfig
 from volgan.growth import GrowthSchedule
 from volgan.schedule import budget_spent, part_done, step_plan
 
@@ -24,7 +24,7 @@ def test_linear_decay_and_mode_seeking_end_follow_the_larger_of_steps_and_budget
 
 
 def test_instance_noise_anneals_to_zero() -> None:
-    t = TrainConfig(instance_noise=0.2, instance_noise_steps=4)
+    t = TrainConfig(dcgan=DCGANTrainConfig(instance_noise=0.2, instance_noise_steps=4))
     assert [step_plan(t, s, 0.0).instance_noise for s in range(6)] == pytest.approx([0.2, 0.15, 0.1, 0.05, 0, 0])
 
 

@@ -20,7 +20,7 @@ TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",
     "model": {"latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4},
-    "train": {"steps": 1, "batch_size": 3, "n_critic": 1},
+    "train": {"steps": 1, "batch_size": 3, "wgan_gp": {"n_critic": 1}},
     "log": {"every": 1, "image_every": 100, "checkpoint_every": 100, "progress_bar": False},
 }
 

@@ -115,7 +115,9 @@ def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path: Path) -> No
 
 def test_nan_loss_can_be_skipped(tmp_path: Path) -> None:
     trainer = Trainer(
-        tiny_config(tmp_path / "run", train={"steps": 2, "batch_size": 3, "n_critic": 2, "on_nonfinite": "skip"}),
+        tiny_config(
+            tmp_path / "run", train={"steps": 2, "batch_size": 3, "wgan_gp": {"n_critic": 2}, "on_nonfinite": "skip"}
+        ),
         tiny_data(),
     )
     with torch.no_grad():
@@ -129,7 +131,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path: Path) -> None:
     trainer = Trainer(
         tiny_config(
             tmp_path / "run",
-            train={"steps": 50, "batch_size": 3, "n_critic": 1},
+            train={"steps": 50, "batch_size": 3, "wgan_gp": {"n_critic": 1}},
             log={"checkpoint_every": 1000, "progress_bar": False},
         ),
         tiny_data(),
@@ -154,7 +156,8 @@ def test_single_class_data_trains_an_unconditional_model(tmp_path: Path) -> None
     from volgan.sampling import generate, load_generator, write_samples
 
     trainer = Trainer(
-        tiny_config(tmp_path / "run", train={"steps": 1, "batch_size": 2, "n_critic": 1}), tiny_data(classes=1)
+        tiny_config(tmp_path / "run", train={"steps": 1, "batch_size": 2, "wgan_gp": {"n_critic": 1}}),
+        tiny_data(classes=1),
     )
     assert trainer.num_classes == 0
     assert trainer.generator.embed is None and trainer.discriminator.embed is None
@@ -208,8 +211,8 @@ def test_mode_seeking_pool_reaches_the_generator_loss(tmp_path: Path) -> None:
     are the same, the generator's loss is not (block means shrink the distance, so the term grows)."""
     losses = {}
     for pool in (1, 2):
-        train = {"batch_size": 4, "mode_seeking": 1.0, "mode_seeking_pool": pool}
-        cfg = tiny_config(tmp_path / f"p{pool}", train=train)
+        train = {"batch_size": 4, "mode_seeking": 1.0}
+        cfg = tiny_config(tmp_path / f"p{pool}", train=train, experimental={"mode_seeking_pool": pool})
         losses[pool] = Trainer(cfg, tiny_data()).train_step()
     assert losses[1]["loss_d"] == pytest.approx(losses[2]["loss_d"], rel=1e-6)
     assert losses[2]["loss_g"] > losses[1]["loss_g"]
@@ -262,10 +265,13 @@ def test_wgan_gp_defaults_to_mode_seeking_and_an_older_checkpoint_resumes_withou
     assert config_from_checkpoint(state, newest).train.mode_seeking == 1.0
     del state["config"]["train"]["mode_seeking"]
     assert config_from_checkpoint(state, newest).train.mode_seeking == 0.0
-    state["config"]["train"]["gp_every"] = 2
-    assert config_from_checkpoint(state, newest).train.gp_every == 2
+    state["config"]["train"]["wgan_gp"]["gp_every"] = 2
+    assert config_from_checkpoint(state, newest).train.wgan_gp.gp_every == 2
+    # a checkpoint from before the family sections holds train.n_critic, train.gp_every, ... flat
+    state["config"]["train"] |= state["config"]["train"].pop("wgan_gp")
+    assert config_from_checkpoint(state, newest).train.wgan_gp.gp_every == 2
     del state["config"]["train"]["gp_every"]  # a run from before lazy regularisation: every step
-    assert config_from_checkpoint(state, newest).train.gp_every == 1
+    assert config_from_checkpoint(state, newest).train.wgan_gp.gp_every == 1
 
 
 def test_lazy_penalty_runs_on_every_kth_critic_step_weighted_k(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,17 +285,17 @@ def test_lazy_penalty_runs_on_every_kth_critic_step_weighted_k(tmp_path: Path, m
         return real_penalty(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(updates, "gradient_penalty", counted)
-    trainer = Trainer(tiny_config(tmp_path / "lazy", train={"n_critic": 3, "gp_every": 2}), tiny_data())
+    trainer = Trainer(tiny_config(tmp_path / "lazy", train={"wgan_gp": {"n_critic": 3, "gp_every": 2}}), tiny_data())
     for _ in range(4):
         assert np.isfinite(trainer.train_step()["gp"])
     # critic steps 0..11 of the run; the penalty on 0, 2, 4, 6, 8, 10 -> generator steps 0, 0, 1, 2, 2, 3
     assert calls == [0, 0, 1, 2, 2, 3]
-    with pytest.raises(VolganError, match=r"train\.gp_every: 4 is more than train\.n_critic \(3\)"):
-        tiny_config(tmp_path / "bad", train={"n_critic": 3, "gp_every": 4})
+    with pytest.raises(VolganError, match=r"train\.wgan_gp\.gp_every: 4 is more than train\.wgan_gp\.n_critic \(3\)"):
+        tiny_config(tmp_path / "bad", train={"wgan_gp": {"n_critic": 3, "gp_every": 4}})
     # the default (null): once per generator step, on its first critic step
     calls.clear()
-    trainer = Trainer(tiny_config(tmp_path / "default", train={"n_critic": 3}), tiny_data())
-    assert trainer.cfg.train.gp_every is None
+    trainer = Trainer(tiny_config(tmp_path / "default", train={"wgan_gp": {"n_critic": 3}}), tiny_data())
+    assert trainer.cfg.train.wgan_gp.gp_every is None
     for _ in range(3):
         trainer.train_step()
     assert calls == [0, 1, 2]
@@ -300,7 +306,7 @@ def test_lazy_penalty_is_weighted_k_and_resumes_on_schedule(tmp_path: Path) -> N
     a run stopped mid-schedule (3 critic steps per generator step) resumes exactly."""
     data = tiny_data()
 
-    def first_critic_update(name: str, train: dict[str, float]) -> list[torch.Tensor]:
+    def first_critic_update(name: str, train: dict[str, Any]) -> list[torch.Tensor]:
         tr = Trainer(tiny_config(tmp_path / name, train=train), data)
         snapshots: list[list[torch.Tensor]] = []
         step = tr.opt_d.step
@@ -314,14 +320,14 @@ def test_lazy_penalty_is_weighted_k_and_resumes_on_schedule(tmp_path: Path) -> N
         tr.train_step()
         return snapshots[0]
 
-    lazy = first_critic_update("lazy", {"n_critic": 2, "gp_every": 2})
-    heavy = first_critic_update("heavy", {"n_critic": 1, "gp_weight": 20.0})
-    plain = first_critic_update("plain", {"n_critic": 1})
+    lazy = first_critic_update("lazy", {"wgan_gp": {"n_critic": 2, "gp_every": 2}})
+    heavy = first_critic_update("heavy", {"wgan_gp": {"n_critic": 1, "gp_weight": 20.0}})
+    plain = first_critic_update("plain", {"wgan_gp": {"n_critic": 1}})
     for a, b in zip(lazy, heavy, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # same terms, another summation order
     assert any(not torch.allclose(a, b) for a, b in zip(lazy, plain, strict=True))
 
-    assert_resumes_exactly(tmp_path, {"n_critic": 3, "gp_every": 2, "steps": 3}, stop_after=1)
+    assert_resumes_exactly(tmp_path, {"wgan_gp": {"n_critic": 3, "gp_every": 2}, "steps": 3}, stop_after=1)
 
 
 def test_linear_lr_decay_follows_the_step_and_resumes_exactly(tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ from volgan.schedule import step_plan
 from volgan.updates import DCGANStep, Nets, StepServices, WGANGPStep
 
 
-def _setup(family: str, **train: Any) -> tuple[Any, Nets, StepServices, list[int]]:
+def _setup(family: str, **section: Any) -> tuple[Any, Nets, StepServices, list[int]]:
+    """A 16³ model of ``family`` and its step's inputs; ``section``: keys of train.<family>."""
     cfg = build_config(
         {
             "data": {"size": 16},
             "model": {"family": family, "latent_dim": 8, "embed_dim": 4, "ngf": 4, "ndf": 4},
-            "train": {"batch_size": 4, **train},
+            "train": {"batch_size": 4, family: section},
         },
         "<test>",
     )
@@ -60,7 +61,7 @@ def _setup(family: str, **train: Any) -> tuple[Any, Nets, StepServices, list[int
 
 @pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])
 def test_a_family_step_trains_both_networks_without_a_trainer(family: str) -> None:
-    cfg, nets, services, batches = _setup(family, n_critic=3)
+    cfg, nets, services, batches = _setup(family, **({"n_critic": 3} if family == "wgan_gp" else {}))
     g0 = [p.detach().clone() for p in nets.g.parameters()]
     d0 = [p.detach().clone() for p in nets.d_params]
     step = WGANGPStep(cfg) if family == "wgan_gp" else DCGANStep(cfg)

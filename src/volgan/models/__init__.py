@@ -26,7 +26,7 @@ def build_models(
     """The generator and the critic (WGAN-GP) or discriminator (DCGAN) that ``cfg`` describes.
 
     ``batch_per_process`` (default: the whole batch) sets the critic's minibatch-stddev groups."""
-    m, size = cfg.model, cfg.data.size
+    m, size, grow_from = cfg.model, cfg.data.size, cfg.experimental.grow_from
     if m.family == "dcgan":
         return (
             DCGANGenerator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels),
@@ -35,7 +35,7 @@ def build_models(
             ),
         )
     return (
-        Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.mapping_layers, m.grow_from),
+        Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.mapping_layers, grow_from),
         Critic(
             size,
             num_classes,
@@ -43,7 +43,7 @@ def build_models(
             m.max_channels,
             aux_classifier=m.ac_weight > 0,
             minibatch_std_group=critic_std_group(batch_per_process or cfg.train.batch_size) if m.minibatch_std else 0,
-            grow_from=m.grow_from,
+            grow_from=grow_from,
         ),
     )
 

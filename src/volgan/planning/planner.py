@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from volgan.config import merge_dicts
+from volgan.config import merge_dicts, renamed_keys, unflatten
 from volgan.errors import ConfigError
 from volgan.planning.fingerprint import Fingerprint
 from volgan.planning.probe import StepTime, scaled, time_config
@@ -68,7 +68,7 @@ class Plan:
         out: dict[str, Any] = {}
         for c in self.choices:
             if c.by == "plan":
-                out = merge_dicts(out, nested(c.key, c.value))
+                out = merge_dicts(out, unflatten(c.key, c.value))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,19 +105,8 @@ class Plan:
         return "\n".join(head + rows + [f"note: {n}" for n in self.notes])
 
 
-def nested(key: str, value: Any) -> dict[str, Any]:
-    """``"train.n_critic", 2`` -> ``{"train": {"n_critic": 2}}``."""
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"n_critic": 2}}`` -> ``{"train.n_critic": 2}``."""
+    """``{"train": {"wgan_gp": {"n_critic": 2}}}`` -> ``{"train.wgan_gp.n_critic": 2}``."""
     out: dict[str, Any] = {}
     for k, v in mapping.items():
         key = f"{prefix}{k}"
@@ -215,7 +204,7 @@ def make_plan(
     minutes = DEFAULT_MINUTES if minutes is None else float(minutes)
     if not minutes > 0:
         raise ConfigError(f"--minutes must be > 0, got {minutes:g}")
-    given = flatten(user or {})
+    given = flatten(renamed_keys(dict(user or {}), "your settings"))
     budget_s = 60 * minutes
     family = given.get("model.family") or _family(fp, int(given.get("data.size", _top_grid(fp, device))))
     binary = bool(given.get("data.binary", fp.occupancy_like))  # the probe's data; the plan's below
@@ -382,9 +371,7 @@ def _recipe(
     else:
         train = {
             "batch_size": 4,
-            "n_critic": 2 if width <= 16 else 5,
-            "gp_weight": 10.0,
-            "gp_every": None,
+            "wgan_gp": {"n_critic": 2 if width <= 16 else 5, "gp_weight": 10.0, "gp_every": None},
             "mode_seeking": 1.0,
             "lr_decay": "linear",
             "ema_decay": 0.999,
@@ -441,13 +428,15 @@ def _reasons(
         return r
     r |= {
         "train.batch_size": "4: the seed design (InstanceNorm, stable down to 1)",
-        "train.n_critic": "2 critic steps per generator step at half widths (measured); 5 at full widths"
+        "train.wgan_gp.n_critic": "2 critic steps per generator step at half widths (measured); 5 at full widths"
         if d.width <= 16
         else "5: the seed design at full widths",
         "train.mode_seeking": "the mode-seeking term ends the collapse onto one volume per class",
         "train.lr_decay": "both rates fall linearly to 0 at the end of the budget",
-        "train.gp_weight": "the gradient penalty's usual 10 (Gulrajani et al. 2017)",
-        "train.gp_every": "lazy: the penalty once per generator step, weighted n_critic (more critic steps a second)",
+        "train.wgan_gp.gp_weight": "the gradient penalty's usual 10 (Gulrajani et al. 2017)",
+        "train.wgan_gp.gp_every": (
+            "lazy: the penalty once per generator step, weighted n_critic (more critic steps a second)"
+        ),
         "train.ema_decay": "samples from the exponential moving average of the generator (warm-up over the run)",
         "model.ac_weight": "an auxiliary-classifier head keeps the class" if conditional else "one class: no head",
     }
