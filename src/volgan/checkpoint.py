@@ -322,7 +322,8 @@ def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
 
 
 # train keys newer than some checkpoints, with the value every run before them trained with
-_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "gp_every": 1, "mode_seeking_pool": 1, "mode_seeking_end": None}
+_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "mode_seeking_end": None}
+_WGAN_GP_KEYS_ADDED_LATER = {"gp_every": 1}
 
 
 def saved_config(state: dict[str, Any]) -> dict[str, Any]:
@@ -335,9 +336,10 @@ def saved_config(state: dict[str, Any]) -> dict[str, Any]:
     train = saved.get("train")
     if isinstance(train, dict):
         saved["train"] = {**_TRAIN_KEYS_ADDED_LATER, **train}
-        if isinstance(train.get("wgan_gp"), dict):  # written with the family sections: gp_every lives there
-            del saved["train"]["gp_every"], saved["train"]["mode_seeking_pool"]
-            saved["train"]["wgan_gp"] = {"gp_every": 1, **train["wgan_gp"]}
+        if isinstance(train.get("wgan_gp"), dict):  # written with the family sections
+            saved["train"]["wgan_gp"] = {**_WGAN_GP_KEYS_ADDED_LATER, **train["wgan_gp"]}
+        else:  # flat, as before them (config.renamed_keys moves these)
+            saved["train"] = {**_WGAN_GP_KEYS_ADDED_LATER, **saved["train"]}
     return saved
 
 

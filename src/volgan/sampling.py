@@ -323,15 +323,14 @@ def sample_to_folder(
     bit those one process writes (volume i depends only on seed, i and class). Index-major, so that
     after Ctrl-C (:class:`SamplingInterrupted`) every index before the current batch is complete."""
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    device = next(loaded.generator.parameters()).device
     total, resume_at = 0, indices.start
     try:
         for idx in batches[rank::world_size]:
             resume_at = idx.start
             for k in classes:
                 labels = torch.full((len(idx),), k, dtype=torch.long)
-                vols = generate(
-                    loaded.generator, labels, seed, idx.start, batch_size, _device_of(loaded), loaded.autocast
-                )
+                vols = generate(loaded.generator, labels, seed, idx.start, batch_size, device, loaded.autocast)
                 written = write_samples(
                     loaded, vols.numpy(), [k] * len(idx), list(idx), seed, out_dir, fmt, meshes, overwrite=overwrite
                 )
@@ -339,11 +338,6 @@ def sample_to_folder(
     except KeyboardInterrupt:
         raise SamplingInterrupted(resume_at) from None
     return total
-
-
-def _device_of(loaded: LoadedGenerator) -> torch.device:
-    """The device the loaded generator's weights are on."""
-    return next(loaded.generator.parameters()).device
 
 
 def _check_not_replacing(sidecar: Path, loaded: LoadedGenerator, out_dir: Path) -> None:

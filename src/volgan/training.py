@@ -102,7 +102,6 @@ class Trainer:
         # wall-clock seconds this run has trained, over all its fit() calls and resumes
         # (train.budget_minutes); read from ``clock``, which tests replace
         self.trained_seconds = 0.0
-        self.plan = schedule.step_plan(cfg.train, self.step, self.trained_seconds, self.growth)  # the next step's
         self.clock = time.perf_counter
         self.last_checkpoint: Path | None = None
         if dist.is_main:  # only rank 0 touches the run folder
@@ -229,11 +228,11 @@ class Trainer:
 
         Draws from the run's own random streams (``self.rng``), not the global ones."""
         with self.rng.active():
-            self.plan = schedule.step_plan(self.cfg.train, self.step, self.trained_seconds, self.growth)
-            self._apply_plan(self.plan)
+            plan = self.next_plan()
+            self._apply_plan(plan)
             self.services.step = self.step
             try:
-                values = self.family_step(self.nets, self.step_services, self.plan)
+                values = self.family_step(self.nets, self.step_services, plan)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; last good checkpoint: {self.last_checkpoint or 'none yet'}") from None
             self.step += 1

@@ -30,6 +30,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_cli
 from volgan.cli import main
 from volgan.config import Config, load_config
 from volgan.data.io import read_volume
@@ -37,14 +38,7 @@ from volgan.errors import ConfigError, DataError
 
 SIZE = 16
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # RAS, 2 mm: a 16³ volume already fits the 16³ grid
-TINY = [
-    *("--set", f"data.size={SIZE}"),
-    *("--set", "model.ngf=4", "--set", "model.ndf=4"),
-    *("--set", "model.latent_dim=8", "--set", "model.embed_dim=4"),
-    *("--set", "train.batch_size=2", "--set", "train.wgan_gp.n_critic=1"),
-    *("--set", "log.every=1", "--set", "log.image_every=1000", "--set", "log.progress_bar=false"),
-    *("--device", "cpu"),
-]
+TINY = tiny_cli(SIZE, width=4, latent=8, embed=4)
 
 
 # ---------------------------------------------------------------------------- helpers

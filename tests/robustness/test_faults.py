@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_same_volume, tiny_config, tiny_data, write_class_folders
+from conftest import assert_same_volume, tiny_cli, tiny_config, tiny_data, write_class_folders
 from volgan import checkpoint as ckpt
 from volgan.cli import main
 from volgan.data import cache as data_cache
@@ -36,12 +36,7 @@ from volgan.training import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 NO_SPACE = "No space left on device"
-TINY = [
-    *("--set", "data.size=16", "--set", "model.ngf=4", "--set", "model.ndf=4"),
-    *("--set", "model.latent_dim=8", "--set", "model.embed_dim=4"),
-    *("--set", "train.batch_size=2", "--set", "train.wgan_gp.n_critic=1", "--set", "log.checkpoint_every=1"),
-    *("--set", "log.image_every=1000", "--set", "log.progress_bar=false", "--device", "cpu"),
-]
+TINY = [*tiny_cli(16, width=4, latent=8, embed=4), "--set", "log.checkpoint_every=1"]
 
 
 def no_space() -> OSError:
