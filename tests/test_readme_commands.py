@@ -76,7 +76,7 @@ def test_readme_python_api_block_runs(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("VOLGAN_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["demo-data", "--out", "scans", "--n-per-class", "4", "--size", "16"]) == 0
     (block,) = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    small = block.replace("minutes=30,", 'minutes=1, train={"steps": 2}, model={"latent_dim": 8},', 1)
+    small = block.replace("minutes=20,", 'minutes=1, train={"steps": 2}, model={"latent_dim": 8},', 1)
     small = small.replace("length=256", "length=4")
     assert small != block
     namespace: dict[str, object] = {}

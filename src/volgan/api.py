@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -390,6 +391,7 @@ def train(
     from volgan.planning.setup import base_mapping, resolve_config
     from volgan.run_setup import check_run_dir, start_trainer
 
+    started = time.perf_counter()  # the budget counts planning and reading the data
     if config is not None and preset is not None:
         raise ConfigError("config= and preset= both give the base settings; pass one")
     base: dict[str, Any] | None
@@ -419,7 +421,12 @@ def train(
     )
     check_run_dir(cfg)
     trainer = start_trainer(
-        cfg, volumes.read(cfg.data), plan=plan, resume=None if resume is None else Path(resume), source="data"
+        cfg,
+        volumes.read(cfg.data),
+        plan=plan,
+        resume=None if resume is None else Path(resume),
+        source="data",
+        started=started,
     )
     return Run(**dataclasses.asdict(trainer.fit()))
 

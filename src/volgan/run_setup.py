@@ -8,6 +8,7 @@ CLI; a folder, VolumeSet or Dataset for the API), then :func:`start_trainer` bui
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,27 @@ def start_trainer(
     resume_state: dict[str, Any] | None = None,
     dist: distributed.DistContext = distributed.SINGLE,
     source: str = "data",
+    started: float | None = None,
 ) -> Trainer:
     """The run's :class:`Trainer` over ``volumes``, its plan (if planned) printed and kept as ``RUN/plan.json``.
 
     ``source`` names the data in errors (class names that sampling could not keep apart are refused
-    now, not after training)."""
+    now, not after training). ``started``: the command's start (``time.perf_counter()``); a new run
+    with a budget counts the seconds since then (planning, reading the data; at most half the budget)
+    as trained, so that ``--minutes N`` ends the command near N minutes."""
     if volumes.size != cfg.data.size:
         raise ConfigError(f"data.size is {cfg.data.size} but the volumes are {volumes.size}³; leave data.size out")
     safe_names(volumes.class_names, source)
     trainer = Trainer(cfg, volumes, resume=resume, resume_state=resume_state, dist=dist)
+    if started is not None and resume is None and cfg.train.budget_minutes:
+        # every rank counts the same seconds: the learning-rate schedule reads them
+        spent = distributed.mean_values({"setup": time.perf_counter() - started}, dist, trainer.device)["setup"]
+        spent = min(spent, 30 * cfg.train.budget_minutes)  # at most half: a new run always trains
+        trainer.trained_seconds = spent
+        if dist.is_main:
+            log.info(
+                "planning and reading the data took %.0f s of the %g-minute budget", spent, cfg.train.budget_minutes
+            )
     if plan is not None and dist.is_main:
         log.info("planned for %g min (%s):\n%s", plan.minutes, plan.budget_from, plan.summary())
         write_plan(Path(cfg.run_dir), plan)

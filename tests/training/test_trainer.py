@@ -1,5 +1,6 @@
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from conftest import assert_same_weights, tiny_config, tiny_data
 from volgan import checkpoint as ckpt
 from volgan.data.stream import BatchStream
 from volgan.errors import CheckpointError, ConfigError, VolganError
+from volgan.run_setup import start_trainer
 from volgan.training import Trainer, TrainingDiverged
 
 
@@ -393,3 +395,19 @@ def test_budget_minutes_ends_the_run_and_its_lr_decay_over_resumes(tmp_path: Pat
     assert_same_weights(straight, resumed)
     spent = trainer("split", resume=tmp_path / "split")
     assert spent.fit().step == 4
+
+
+def test_the_budget_counts_the_commands_set_up(tmp_path: Path) -> None:
+    """A new run with a budget starts with the seconds since the command started (planning, reading
+    the data) as trained; a run without a budget, or a resumed one, starts as before."""
+    data = tiny_data()
+    started = time.perf_counter() - 30.0
+    budgeted = tiny_config(tmp_path / "budget", train={"budget_minutes": 2.0})
+    trainer = start_trainer(budgeted, data, started=started)
+    assert 30.0 <= trainer.trained_seconds < 60.0
+    assert start_trainer(tiny_config(tmp_path / "plain"), data, started=started).trained_seconds == 0.0
+    short = tiny_config(tmp_path / "short", train={"budget_minutes": 0.5})  # set-up longer than the budget
+    assert start_trainer(short, data, started=started).trained_seconds == 15.0
+    trainer.save()
+    resumed = start_trainer(budgeted, data, resume=tmp_path / "budget", started=time.perf_counter() - 600)
+    assert resumed.trained_seconds == trainer.trained_seconds  # from the checkpoint, nothing added

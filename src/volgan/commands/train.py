@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     from volgan.errors import ConfigError
     from volgan.run_setup import check_run_dir, start_trainer
 
+    started = time.perf_counter()  # the budget counts planning and reading the data
+
     def writable(cfg: Any) -> None:  # a run folder in use is refused before any data is read
         check_run_dir(cfg, "--run-dir (run_dir)")
 
@@ -116,7 +119,14 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
         print(data.summary())
         return 0
     trainer = start_trainer(
-        cfg, data, plan=plan, resume=args.resume, resume_state=resume_state, dist=ctx, source=str(cfg.data.root)
+        cfg,
+        data,
+        plan=plan,
+        resume=args.resume,
+        resume_state=resume_state,
+        dist=ctx,
+        source=str(cfg.data.root),
+        started=started,
     )
     handler = _log_to_file(trainer.run_dir) if ctx.is_main else logging.NullHandler()
     try:
