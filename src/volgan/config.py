@@ -168,6 +168,10 @@ class ModelConfig(_Section):
     mapping_layers: int = Field(0, ge=0, le=8)
     """wgan_gp: depth of a mapping network from (latent, class) to a style that sets every instance norm's
     scale and shift (AdaIN); 0: the seed design, the latent enters at the stem only"""
+    output_head: Literal["transposed", "resize"] = "transposed"
+    """the generator's last layer: transposed (a 4³ transposed convolution with stride 2, the seed design) or
+    resize (nearest-neighbour up-sampling then a 3³ convolution, which cannot leave a checkerboard of
+    isolated voxels; both families)"""
 
 
 class WGANGPTrainConfig(_Section):

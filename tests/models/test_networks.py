@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from volgan.config import grid_stages
+from volgan.models.dcgan import DCGANGenerator
+from volgan.models.layers import ResizeConv3d, output_layer
 from volgan.models.wgan_gp import Critic, Generator, stage_channels
 
 
@@ -110,3 +112,25 @@ def test_critic_minibatch_stddev_groups_stay_inside_the_real_and_fake_halves() -
     assert not torch.allclose(d(copies, y)[0], d(torch.cat([real[:1], fake[:1]]), y)[0])
     with pytest.raises(ValueError, match="batch 3 is not divisible by the group size 2"):
         d(torch.randn(3, 1, 16, 16, 16), torch.tensor([0, 1, 0]))
+
+
+def test_the_resize_output_head_leaves_no_checkerboard() -> None:
+    """On spatially constant features the transposed head's interior alternates with the voxel's parity
+    (the checkerboard); the resize head's interior is one value."""
+    torch.manual_seed(0)
+    flat = torch.ones(1, 6, 6, 6, 6)
+    inner = (slice(None), 0, slice(2, -2), slice(2, -2), slice(2, -2))
+    transposed = output_layer(6, "transposed")(flat)[inner]
+    resized = output_layer(6, "resize")(flat)[inner]
+    assert transposed.shape == resized.shape == (1, 8, 8, 8)
+    assert transposed.std() > 1e-3
+    torch.testing.assert_close(resized, resized[0, 0, 0, 0].expand_as(resized), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])
+def test_both_families_build_the_resize_head(family: str) -> None:
+    gen = (Generator if family == "wgan_gp" else DCGANGenerator)(
+        size=16, latent_dim=8, num_classes=2, ngf=4, embed_dim=4, output_head="resize"
+    )
+    assert any(isinstance(m, ResizeConv3d) for m in gen.modules())
+    assert gen(torch.randn(2, 8), torch.tensor([0, 1])).shape == (2, 1, 16, 16, 16)

@@ -29,13 +29,23 @@ def build_models(
     m, size, grow_from = cfg.model, cfg.data.size, cfg.experimental.grow_from
     if m.family == "dcgan":
         return (
-            DCGANGenerator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels),
+            DCGANGenerator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.output_head),
             DCGANDiscriminator(
                 size, num_classes, m.ndf, m.max_channels, m.minibatch_std, aux_classifier=m.ac_weight > 0
             ),
         )
     return (
-        Generator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.mapping_layers, grow_from),
+        Generator(
+            size,
+            m.latent_dim,
+            num_classes,
+            m.ngf,
+            m.embed_dim,
+            m.max_channels,
+            m.mapping_layers,
+            grow_from,
+            m.output_head,
+        ),
         Critic(
             size,
             num_classes,

@@ -171,3 +171,24 @@ class StemConvTranspose3d(nn.ConvTranspose3d):
         if self.weight.is_contiguous(memory_format=torch.channels_last_3d) and not self.weight.is_contiguous():
             y = y.contiguous(memory_format=torch.channels_last_3d)
         return y
+
+
+class ResizeConv3d(nn.Module):
+    """Nearest-neighbour 2x up-sampling, then a 3³ convolution: an up-sampling layer whose every output
+    voxel sees the same kernel, so it cannot leave the transposed convolution's checkerboard of isolated
+    voxels (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, D, H, W) -> (B, C_out, 2D, 2H, 2W)."""
+        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def output_layer(in_channels: int, kind: str) -> nn.Module:
+    """The generator's last layer, features at half the grid -> one channel at the grid (``model.output_head``)."""
+    if kind == "resize":
+        return ResizeConv3d(in_channels, 1)
+    return SubpixelConvTranspose3d(in_channels, 1)

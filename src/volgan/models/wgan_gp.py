@@ -14,7 +14,13 @@ from torch import nn
 
 from volgan.config import grid_stages, grow_grids
 from volgan.growth import Growing, downsample, upsample
-from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelConvTranspose3d, class_embedding
+from volgan.models.layers import (
+    InstanceNorm3d,
+    StemConvTranspose3d,
+    SubpixelConvTranspose3d,
+    class_embedding,
+    output_layer,
+)
 
 
 def stage_channels(width: int, n_stages: int, max_channels: int) -> list[int]:
@@ -101,6 +107,7 @@ class Generator(Growing):
         max_channels: int = 512,
         mapping_layers: int = 0,
         grow_from: int | None = None,
+        output_head: str = "transposed",
     ) -> None:
         super().__init__()
         self.size, self.latent_dim, self.num_classes = size, latent_dim, num_classes
@@ -116,7 +123,7 @@ class Generator(Growing):
         self.stem = StemConvTranspose3d(latent_dim + class_dim, chans[0], base, bias=False)
         self.stem_norm = ConditionalInstanceNorm3d(chans[0], cond_dim)
         self.stages = nn.ModuleList(_UpStage(a, b, cond_dim) for a, b in itertools.pairwise(chans))
-        self.to_volume = SubpixelConvTranspose3d(chans[-1], 1)
+        self.to_volume = output_layer(chans[-1], output_head)
         levels = _check_growth(size, grow_from)
         self._init_growth(levels)
         if levels:  # the output layer of level k (k = 1..levels) follows stage n_stages - 1 - k
