@@ -89,7 +89,8 @@ def volgan(
 
 
 def end_to_end(size: int, batch: int, classes: int, n_critic: int, steps: int, device: str) -> float:
-    """Median seconds per critic step of a real ``volgan train`` run (after its first two steps)."""
+    """Median seconds per critic step of a real ``volgan train`` run (after its first two steps), with the
+    seed design's widths as the race's (``--preset seed-design``: no plan)."""
     import json
     import os
     import statistics
@@ -108,7 +109,8 @@ def end_to_end(size: int, batch: int, classes: int, n_critic: int, steps: int, d
             for i in range(2 * batch):
                 np.save(root / "data" / str(k) / f"v{i}.npy", make_phantom(k % 3, size, rng))
         args = [
-            "train", "--data", str(root / "data"), "--run-dir", str(root / "run"), "--steps", str(steps),
+            "train", "--data", str(root / "data"), "--preset", "seed-design", "--run-dir", str(root / "run"),
+            "--steps", str(steps),
             "--device", device, "--set", f"data.size={size}", "--set", f"train.batch_size={batch}",
             "--set", f"train.wgan_gp.n_critic={n_critic}", "--set", "log.every=1", "--set", "log.progress_bar=false",
         ]  # fmt: skip

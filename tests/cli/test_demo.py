@@ -8,6 +8,14 @@ import pytest
 from volgan.cli import main
 
 
+def assert_speckle_line(out: str) -> None:
+    """The demo prints its samples' speckle beside real data's: real volumes hold at least one piece."""
+    line = re.search(r"speckle: (\S+) connected pieces per volume, (\S+)% .* \(real data: (\S+), (\S+)%\)", out)
+    assert line, out
+    pieces, share, pieces_real, share_real = (float(x) for x in line.groups())
+    assert pieces >= 0 and 0 <= share <= 100 and pieces_real >= 1 and 0 <= share_real <= 100
+
+
 def test_demo_writes_everything_it_promises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "demo"
     args = ["demo", "--run-dir", str(run), "--steps", "3", "--size", "16", "--n-per-class", "4", "--samples", "2"]
@@ -16,6 +24,7 @@ def test_demo_writes_everything_it_promises(tmp_path: Path, capsys: pytest.Captu
     assert "class consistency:" in out and "real data: 100%" in out
     diversity = re.search(r"within-class diversity: (\S+) \(.*real data: (\S+); one volume per class: 0\)", out)
     assert diversity and 0.0 <= float(diversity[1]) <= 2.0 and 0.0 < float(diversity[2]) <= 2.0, out
+    assert_speckle_line(out)
     assert (run / "checkpoints" / "step_00000003.pt").exists()
     assert any((run / "tensorboard").iterdir())
     samples = sorted((run / "samples").glob("*/*.nii.gz"))  # one folder per class
@@ -48,6 +57,7 @@ def test_dcgan_demo_writes_renders_and_meshes(
     out = capsys.readouterr().out
     assert "class consistency:" in out and "real data: 100%" in out
     assert (run / "figures" / "renders.png").stat().st_size > 5000
+    assert_speckle_line(out)
     assert set(crosses) == {"chair", "table", "lamp"}
     meshes = {p.name.split("_")[0]: p for p in (run / "meshes").glob("*.obj")}
     assert set(meshes) == {name for name, c in crosses.items() if c}
