@@ -5,6 +5,7 @@
     python benchmarks/train_step.py --device cuda --batch 16           # on a GPU (adds MFU)
     python benchmarks/train_step.py --end-to-end 12                    # + a real `volgan train` loop
     python benchmarks/train_step.py --variant lazy5:wgan_gp.gp_every=5 --yardstick none   # train.* variants
+    python benchmarks/train_step.py --variant resize:model.output_head=resize --yardstick none
 
 ``--end-to-end N`` also runs ``volgan train`` for N generator steps on cached phantom class folders
 (same size, batch, classes, n_critic and widths; default logging, log line every step) and compares
@@ -49,6 +50,9 @@ def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, p
     return Contender(round_, batch * n_critic, dev)
 
 
+SECTIONS = {"train", "model", "experimental", "augment"}
+
+
 def volgan(
     size: int,
     batch: int,
@@ -57,6 +61,7 @@ def volgan(
     device: str,
     perf: dict[str, Any],
     train: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> Contender:
     import numpy as np
 
@@ -78,6 +83,7 @@ def volgan(
             "train": {"batch_size": batch, "wgan_gp": {"n_critic": n_critic}, **(train or {})},
             "log": {"progress_bar": False},
             "perf": perf,
+            **{k: v for k, v in (sections or {}).items() if k != "train"},
         },
         "<benchmark>",
     )
@@ -154,7 +160,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME:key=value,...",
-        help="another volgan contender with these train.* values (e.g. lazy5:wgan_gp.gp_every=5); repeatable",
+        help="another volgan contender with these values (train.* unless the key names model., experimental. "
+        "or augment., e.g. lazy5:wgan_gp.gp_every=5 or resize:model.output_head=resize); repeatable",
     )
     add_contender_args(ap)
     a = ap.parse_args()
@@ -164,8 +171,10 @@ def main() -> None:
         name, _, pairs = spec.partition(":")
         values: dict[str, Any] = {}
         for key, value in (pair.split("=", 1) for pair in pairs.split(",") if pair):
+            key = key if key.split(".")[0] in SECTIONS else f"train.{key}"  # a bare key is a train.* key
             values = merge_dicts(values, unflatten(key, value))
-        workers.append(Worker(f"volgan, {name}", "train_step:volgan", **shape, perf={}, train=values))
+        train = values.pop("train", {})
+        workers.append(Worker(f"volgan, {name}", "train_step:volgan", **shape, perf={}, train=train, sections=values))
     race(workers, a.rounds, count_flops=not a.no_flops)
 
     print(f"critic step (+ 1 generator step per {a.n_critic}), {a.size}³, batch {a.batch}, {a.classes} classes")
