@@ -376,11 +376,11 @@ def run_volgan(
 
 
 def planned_contender(a: argparse.Namespace, ds: Dataset) -> tuple[dict[str, Any], Dataset, dict[str, Any]]:
-    """``volgan train --data D --minutes M`` with nothing else: the planner's config for the raw
-    source's fingerprint on this machine, and its own copy of the training set when the plan reads
-    the data differently (e.g. ``data.binary``); the held-out set stays the benchmark's. The
-    benchmark's grid is the one setting passed (as ``data.size``): every contender is scored at
-    the held-out set's grid."""
+    """``volgan train --data D --minutes M`` (plus any ``--set``, as a user's own settings): the
+    planner's config for the raw source's fingerprint on this machine, and its own copy of the
+    training set when the plan reads the data differently (e.g. ``data.binary``); the held-out set
+    stays the benchmark's. The benchmark's grid is passed as ``data.size``: every contender is
+    scored at the held-out set's grid."""
     from volgan.data.dataset import load_volumes
     from volgan.device import resolve_device
     from volgan.planning import fingerprint_path, fingerprint_volumes, make_plan
@@ -396,7 +396,7 @@ def planned_contender(a: argparse.Namespace, ds: Dataset) -> tuple[dict[str, Any
         root = Path(a.data)
         fp = fingerprint_path(DataConfig(npz_split="train") if root.suffix.lower() == ".npz" else DataConfig(), root)
     fingerprint_s = time.perf_counter() - start
-    user = {"data": {"size": ds.data_cfg.size}}
+    user = merge_dicts(overrides_of(a.set), {"data": {"size": ds.data_cfg.size}})  # --set: the user's own settings
     plan = make_plan(fp, a.minutes, user, device=str(resolve_device("auto").type), threads=torch.get_num_threads())
     cfg_dict = merge_dicts(plan.overrides(), user)
     data_cfg = build_config(cfg_dict, "<planned>").data
@@ -589,7 +589,12 @@ def main() -> None:
     )
     ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,... another volgan contender")
     ap.add_argument("--config", help="volgan's config (default: volgan's defaults; modelnet32: its example config)")
-    ap.add_argument("--set", action="append", default=[], help="key=value for every volgan contender")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="key=value for every volgan contender (the planned one: as your own setting)",
+    )
     ap.add_argument(
         "--out", default="runs/time_to_quality", help="output folder (judge cache, runs, JSON, PNG); --replot: the PNG"
     )
