@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 
 from volgan.config import Config, build_config, renamed_keys
 from volgan.errors import CheckpointError
+from volgan.files import atomic_write
 
 log = logging.getLogger("volgan")
 
@@ -76,38 +75,6 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     """The newest finished checkpoint of a run, or None."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a partial file. The file
-    gets the permissions a plain ``open`` would give (0666 less the umask), not mkstemp's 0600, so
-    samples and reports can be shared.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from volgan import checkpoint as ckpt
 from volgan.api import VolumeGenerator
 from volgan.errors import VolganError
+from volgan.files import atomic_write
 from volgan.safety import inside, make_output_dir, safe_name, safe_names
 from volgan.sampling import default_batch_size, generate_from_latents, latent_for, provenance, write_volume
 
@@ -183,7 +183,7 @@ def write_interpolation(
             sidecar = json.dumps({**meta[row], "t": t[k], "step": k, **base}, indent=2).encode()
             try:
                 write_volume(unscale(frame, *g.intensity_range), path, g.affine)
-                ckpt.atomic_write(row_dir / f"step{k:03d}.json", lambda f, b=sidecar: f.write(b))
+                atomic_write(row_dir / f"step{k:03d}.json", lambda f, b=sidecar: f.write(b))
             except OSError as e:
                 raise VolganError(f"{path}: could not write ({e.strerror or e})") from None
             written["volumes"].append(path)
@@ -212,7 +212,7 @@ def _write_gif(walks: Sequence[torch.Tensor], path: Path, frame_ms: int = 150, m
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
     payload = buffer.getvalue()
     try:
-        ckpt.atomic_write(path, lambda f: f.write(payload))
+        atomic_write(path, lambda f: f.write(payload))
     except OSError as e:
         raise VolganError(f"{path}: could not write ({e.strerror or e})") from None
     return path

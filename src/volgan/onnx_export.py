@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from volgan import checkpoint as ckpt
 from volgan.config import PerfConfig
 from volgan.errors import VolganError
+from volgan.files import atomic_write
 from volgan.sampling import latent_for, load_generator
 
 OPSET = 17
@@ -130,7 +130,7 @@ def export_onnx(where: str | Path, out: str | Path, *, ema: bool = True, check: 
     onnx.checker.check_model(proto)
     payload = proto.SerializeToString()
     try:
-        ckpt.atomic_write(out, lambda f: f.write(payload))
+        atomic_write(out, lambda f: f.write(payload))
     except OSError as e:
         raise VolganError(f"{out}: could not write ({e.strerror or e})") from None
     if check:

@@ -20,6 +20,7 @@ from volgan import checkpoint as ckpt
 from volgan import perf
 from volgan.config import PerfConfig, surface_level
 from volgan.errors import VolganError
+from volgan.files import atomic_write
 from volgan.models import AnyGenerator, build_models
 from volgan.safety import inside, make_output_dir, safe_names
 
@@ -202,9 +203,9 @@ def write_volume(volume: np.ndarray, path: Path, affine: np.ndarray) -> None:
             import gzip
 
             payload = gzip.compress(payload, compresslevel=6, mtime=0)
-        ckpt.atomic_write(path, lambda f: f.write(payload))
+        atomic_write(path, lambda f: f.write(payload))
     else:
-        ckpt.atomic_write(path, lambda f: np.save(f, volume.astype(np.float32)))
+        atomic_write(path, lambda f: np.save(f, volume.astype(np.float32)))
 
 
 def provenance(loaded: LoadedGenerator) -> dict[str, Any]:
@@ -279,7 +280,7 @@ def write_samples(
                 _write_mesh(vol, target, surface_level(loaded.threshold), loaded.affine)
             target = class_dir / f"{stem}.json"
             sidecar = json.dumps(meta, indent=2).encode()
-            ckpt.atomic_write(target, lambda f, sidecar=sidecar: f.write(sidecar))
+            atomic_write(target, lambda f, sidecar=sidecar: f.write(sidecar))
         except OSError as e:  # e.g. a full disk: what was written before stays whole
             raise VolganError(
                 f"{target}: could not write ({e.strerror or e}); "

@@ -15,6 +15,7 @@ from conftest import tiny_config, tiny_data
 from volgan import checkpoint as ckpt
 from volgan.cli import main
 from volgan.errors import CheckpointError
+from volgan.files import atomic_write
 from volgan.sampling import generate, load_generator
 from volgan.training import Trainer
 
@@ -218,7 +219,7 @@ def test_export_refusals(tmp_path: Path, run: Path, capsys: pytest.CaptureFixtur
 def test_atomic_write_gives_ordinary_file_permissions(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        ckpt.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
     finally:
         os.umask(old)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644

@@ -169,7 +169,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.save_config is not None:
         import yaml
 
-        from volgan.checkpoint import atomic_write
+        from volgan.files import atomic_write
 
         text = f"# planned by `volgan plan` for {plan.minutes:g} min; plan.json holds the reasons\n"
         text += yaml.safe_dump(cfg.to_dict(), sort_keys=False)

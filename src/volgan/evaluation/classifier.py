@@ -28,8 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from volgan.checkpoint import atomic_write, load_weights
+from volgan.checkpoint import load_weights
 from volgan.errors import CheckpointError
+from volgan.files import atomic_write
 
 log = logging.getLogger("volgan")
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from volgan.checkpoint import atomic_write
 from volgan.evaluation.evaluate import METRICS, OVERALL, Outcome
+from volgan.files import atomic_write
 
 FIGURE_METRICS = ("fd", "precision", "recall", "coverage")
 

@@ -109,7 +109,7 @@ def _machine(choice: str) -> tuple[str, int, float | None]:
 
 def write_plan(run_dir: Path, plan: Plan) -> Path:
     """``RUN/plan.json`` (atomically): the plan, its reasons, the probe's timings and the fingerprint."""
-    from volgan.checkpoint import atomic_write
+    from volgan.files import atomic_write
 
     path = run_dir / "plan.json"
     text = json.dumps(plan.to_dict(), indent=2) + "\n"
