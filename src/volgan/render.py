@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from skimage import measure
 
+from volgan.data.procedural import as_volume
 from volgan.figures import as_volume_batch, save_image_grid
 
 DPI = 100
@@ -33,11 +34,7 @@ _RENDER_FACES = 40_000  # above this many faces (at step 1) the render steps mar
 
 
 def _as_volume(volume: Any) -> np.ndarray:
-    v = np.asarray(volume, dtype=np.float32)
-    if v.ndim == 4 and v.shape[0] == 1:
-        v = v[0]
-    if v.ndim != 3 or min(v.shape) < 2:
-        raise ValueError(f"expected a (D, H, W) volume with every side >= 2, got shape {v.shape}")
+    v = as_volume(volume, 2)
     if not np.isfinite(v).all():
         raise ValueError("volume holds NaN or infinite values")
     return v

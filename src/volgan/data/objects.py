@@ -24,12 +24,11 @@ to at least 1.5 voxels (slabs to 1.2 voxels) so they stay connected on coarse gr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from volgan.data.procedural import make_labelled_set
+from volgan.data.procedural import as_volume, make_labelled_set
 
 CLASS_NAMES = ("chair", "table", "lamp")
 UNRECOGNISED = -1
@@ -244,15 +243,6 @@ def make_object_set(n_per_class: int, size: int, seed: int = 0) -> tuple[np.ndar
     return make_labelled_set(make_object, len(CLASS_NAMES), n_per_class, size, seed)
 
 
-def _as_volume(volume: Any) -> np.ndarray:
-    v = np.asarray(volume, dtype=np.float32)
-    if v.ndim == 4 and v.shape[0] == 1:
-        v = v[0]
-    if v.ndim != 3 or min(v.shape) < 8:
-        raise ValueError(f"expected a (D, H, W) volume with every side >= 8, got shape {v.shape}")
-    return v
-
-
 def _main_component(mask: np.ndarray) -> np.ndarray | None:
     """The largest 26-connected component if it looks like a solid object, else None."""
     n = int(mask.sum())
@@ -297,7 +287,7 @@ def predict_class(volume: np.ndarray, level: float = 0.5) -> int:
        lies off the seat's centre by at least 25 % of the seat's radius.
     7. Otherwise :data:`UNRECOGNISED`.
     """
-    v = _as_volume(volume)
+    v = as_volume(volume, 8)
     main = _main_component(v > level)
     if main is None:
         return UNRECOGNISED

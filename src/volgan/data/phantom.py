@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from volgan.data.procedural import make_labelled_set
+from volgan.data.procedural import as_volume, make_labelled_set
 
 CLASS_NAMES = ("healthy", "lesion", "atrophy")
 UNRECOGNISED = -1
@@ -258,15 +258,6 @@ def _region(shape: tuple[int, ...], semi: tuple[float, float, float], box: bool)
     return axes[0] ** 2 + axes[1] ** 2 + axes[2] ** 2 <= 1.0
 
 
-def _as_volume(volume: Any) -> np.ndarray:
-    v = np.asarray(volume, dtype=np.float32)
-    if v.ndim == 4 and v.shape[0] == 1:
-        v = v[0]
-    if v.ndim != 3 or min(v.shape) < MIN_SIZE:
-        raise ValueError(f"expected a (D, H, W) volume with every side >= {MIN_SIZE}, got shape {v.shape}")
-    return v
-
-
 def predict_class(volume: np.ndarray) -> int:
     """Class of a real or generated phantom by fixed rules; (D, H, W) or (1, D, H, W) in [-1, 1].
 
@@ -281,7 +272,7 @@ def predict_class(volume: np.ndarray) -> int:
        ventricles.
     5. Otherwise healthy (0).
     """
-    v = _as_volume(volume)
+    v = as_volume(volume, MIN_SIZE)
     smooth = _gaussian_smooth(v, max(0.02 * max(v.shape), 0.3))
     border = np.ones(v.shape, bool)
     border[1:-1, 1:-1, 1:-1] = False

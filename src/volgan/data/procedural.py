@@ -1,8 +1,10 @@
-"""What the built-in procedural datasets (phantom, objects) share: a labelled, seed-addressed set."""
+"""What the built-in procedural datasets (phantom, objects) share: a labelled, seed-addressed set, and
+the one-volume check their class rules and the surface renders use."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,3 +29,13 @@ def make_labelled_set(
     for i, label in enumerate(labels):
         volumes[i] = make_one(int(label), size, np.random.default_rng([seed, int(label), i % n_per_class]))
     return volumes, labels
+
+
+def as_volume(volume: Any, min_side: int) -> np.ndarray:
+    """One (D, H, W) float32 volume from (D, H, W) or (1, D, H, W); ValueError naming the shape otherwise."""
+    v = np.asarray(volume, dtype=np.float32)
+    if v.ndim == 4 and v.shape[0] == 1:
+        v = v[0]
+    if v.ndim != 3 or min(v.shape) < min_side:
+        raise ValueError(f"expected a (D, H, W) volume with every side >= {min_side}, got shape {v.shape}")
+    return v
