@@ -119,7 +119,7 @@ class WGANGPStep:
             nets.opt_d.zero_grad(set_to_none=True)
             if sv.check_finite("critic loss", loss_d.detach()):
                 # inputs=: only the critic's weights; the penalty's graph also reaches the interpolated
-                # volumes, whose (unused) second-order gradient would cost ~10% of the step.
+                # volumes, whose second-order gradient is never used.
                 loss_d.backward(inputs=nets.d_params)
                 nets.opt_d.step()
         assert labels is not None

@@ -20,8 +20,7 @@ from volgan.planning.fingerprint import Fingerprint
 from volgan.planning.probe import StepTime, scaled, time_config
 
 DEFAULT_MINUTES = 30.0
-# Generator steps a grid needs before its samples are worth having (measured: the 64³ WGAN-GP met its
-# targets from ~1000 steps, the 32³ 3D-GAN from ~2200).
+# Generator steps a family needs before its samples are worth having (docs/planner.md, the data.size rule).
 MIN_STEPS = {"wgan_gp": 1000, "dcgan": 2000}
 # The full widths (32) only where the budget holds this many of their steps (planned, not measured).
 WIDE_STEPS = {"wgan_gp": 3000, "dcgan": 6000}
