@@ -126,6 +126,17 @@ def test_time_to_quality_records_every_point_with_finite_metrics(tmp_path: Path)
     assert wrong.returncode != 0 and "pass its --seed 0 and --n 8" in wrong.stderr, wrong.stderr[-500:]
 
 
+def test_time_to_quality_planned_contender_takes_set_as_the_users_own(tmp_path: Path) -> None:
+    args = ("--data", "phantom64", "--size", "16", "--minutes", "0.05", "--points", "1", "--n", "8", "--draws", "2")
+    args += ("--splits", "2", "--judge-epochs", "1", "--phantom-train", "8", "--phantom-held-out", "8")
+    args += ("--out", str(tmp_path), "--contenders", "planned", "--set", "model.output_head=resize")
+    out = run("time_to_quality.py", *args, "--yardstick", "none")
+    planned = json.loads((tmp_path / "time_to_quality.json").read_text())["contenders"]["planned"]
+    assert planned["config"]["model"]["output_head"] == "resize", out
+    by = {c["key"]: c["by"] for c in planned["plan"]["choices"]}
+    assert by["model.output_head"] == "you" and by["model.family"] == "plan", by
+
+
 def test_samples_figure_shows_the_slice_with_the_most_foreground_of_the_first_volumes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
