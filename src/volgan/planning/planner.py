@@ -31,6 +31,8 @@ MAX_GRID = {"cpu": 64, "cuda": 128}
 # The probe may spend this share of the budget (and at least MIN_PROBE_S seconds on the first timing).
 PROBE_SHARE = 0.015  # (the fingerprint comes on top: the two together stay under 2 %)
 MIN_PROBE_S = 2.0
+# train.steps is this many times the predicted steps: a probe slowed by another job must not end the run early.
+STEPS_MARGIN = 10
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,9 @@ def make_plan(
         )
     # occupancy on its own grid or finer stays two-valued; resampled coarser it holds partial volumes
     binary = bool(given.get("data.binary", fp.occupancy_like and fp.native_edge <= decided.grid))
-    recipe = flatten(_recipe(family, decided.grid, decided.width, conditional, minutes, binary, steps=3 * predicted))
+    recipe = flatten(
+        _recipe(family, decided.grid, decided.width, conditional, minutes, binary, steps=STEPS_MARGIN * predicted)
+    )
     if fp.occupancy_like and not binary and "data.intensity_percentiles" not in given:
         recipe["data.intensity_percentiles"] = [0.0, 100.0]
     reasons = _reasons(fp, family, decided, conditional, minutes, predicted, step)
@@ -413,7 +417,7 @@ def _reasons(
         "model.ngf": d.width_reason,
         "model.ndf": "as model.ngf",
         "train.budget_minutes": "the budget: the run stops here with a checkpoint, samples and figures",
-        "train.steps": f"3x the ~{predicted} steps predicted: the budget ends the run first",
+        "train.steps": f"{STEPS_MARGIN}x the ~{predicted} steps predicted: the budget, not this, ends the run",
     }
     if family == "dcgan":
         r |= {
