@@ -9,11 +9,13 @@ from volgan.cli import main
 
 
 def assert_speckle_line(out: str) -> None:
-    """The demo prints its samples' speckle beside real data's: real volumes hold at least one piece."""
-    line = re.search(r"speckle: (\S+) connected pieces per volume, (\S+)% .* \(real data: (\S+), (\S+)%\)", out)
+    """The demo prints its samples' speckle and holes beside real data's: real volumes hold at least one piece."""
+    pattern = r"speckle: (\S+) connected pieces per volume, (\S+)% .*, (\S+) holes \(real data: (\S+), (\S+)%, (\S+)\)"
+    line = re.search(pattern, out)
     assert line, out
-    pieces, share, pieces_real, share_real = (float(x) for x in line.groups())
+    pieces, share, n_holes, pieces_real, share_real, holes_real = (float(x) for x in line.groups())
     assert pieces >= 0 and 0 <= share <= 100 and pieces_real >= 1 and 0 <= share_real <= 100
+    assert n_holes >= 0 and holes_real >= 0
 
 
 def test_demo_writes_everything_it_promises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

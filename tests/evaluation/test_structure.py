@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from volgan.evaluation.structure import PCASpace, otsu_level, pca_fd, pooled, speckle
+from volgan.evaluation.structure import PCASpace, holes, otsu_level, pca_fd, pooled, speckle
 
 
 def test_speckle_counts_components_and_the_share_in_small_ones() -> None:
@@ -49,3 +49,22 @@ def test_pca_fd_is_near_its_reference_for_the_same_distribution_and_far_for_anot
     assert same["pca_fd_ratio"] < 3 and other["pca_fd_ratio"] > 10 * same["pca_fd_ratio"]
     with pytest.raises(ValueError, match="at least 3 training volumes"):
         PCASpace.fit(train[:2])
+
+
+def test_holes_counts_through_holes_and_cavities() -> None:
+    solid = np.full((16, 16, 16), -1.0)
+    solid[4:12, 4:12, 4:12] = 1.0
+    slab = np.full((16, 16, 16), -1.0)
+    slab[2:14, 2:14, 7:9] = 1.0
+    slab[5:7, 5:7, 7:9] = -1.0  # two through-holes in a slab
+    slab[9:11, 9:11, 7:9] = -1.0
+    shell = solid.copy()
+    shell[6:10, 6:10, 6:10] = -1.0  # one enclosed cavity
+    assert holes(solid[None], level=0.0) == {"holes": 0.0}
+    assert holes(slab[None], level=0.0) == {"holes": 2.0}
+    assert holes(shell[None], level=0.0) == {"holes": 1.0}
+    assert holes(np.stack([solid, slab, shell]), level=0.0) == {"holes": 1.0}  # the mean over volumes
+    edge = np.full((8, 8, 8), -1.0)
+    edge[:, :, :2] = 1.0  # a slab on the grid's face: no hole, though its background touches the edge
+    edge[3:5, 3:5, :2] = -1.0  # ... until one goes through it
+    assert holes(edge[None], level=0.0) == {"holes": 1.0}

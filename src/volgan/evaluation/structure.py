@@ -5,7 +5,9 @@ by 2): the Fréchet distance there sees what the voxels themselves hold, where a
 features see only what helped it tell the classes apart. :func:`speckle` binarizes volumes at one
 level (Otsu's threshold of the real set, scikit-image) and counts 26-connected components: the
 number per volume and the share of foreground voxels in components smaller than ``small`` voxels,
-what a reader sees as isolated bright voxels and fragments.
+what a reader sees as isolated bright voxels and fragments. :func:`holes` counts, at the same level,
+the tunnels (through-holes, as in a broken slab) and enclosed cavities of each volume from its Euler
+number.
 """
 
 from __future__ import annotations
@@ -102,3 +104,19 @@ def speckle(volumes: np.ndarray, level: float, small: int = SMALL_COMPONENT) -> 
         sizes = np.bincount(labelled.reshape(-1))[1:]
         shares.append(float(sizes[sizes < small].sum() / sizes.sum()))
     return {"components": float(np.mean(counts)), "speckle_share": float(np.mean(shares))}
+
+
+def holes(volumes: np.ndarray, level: float) -> dict[str, float]:
+    """Mean over volumes of the holes in the foreground above ``level``: tunnels (through-holes) plus
+    cavities (enclosed background), from the Euler number ``components - tunnels + cavities`` of the
+    26-connected foreground (its background 6-connected)."""
+    from skimage.measure import euler_number, label
+
+    counts = []
+    for v in np.asarray(volumes):
+        mask = np.pad(v > level, 1)  # a background border: whatever touches the grid's edge is outside
+        components = int(label(mask, connectivity=3).max())
+        cavities = int(label(~mask, connectivity=1).max()) - 1  # background pieces other than the outside
+        tunnels = components + cavities - int(euler_number(mask, connectivity=3))
+        counts.append(tunnels + cavities)
+    return {"holes": float(np.mean(counts))}
