@@ -37,10 +37,21 @@ def phantom_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     good = write_set(root / "good", *make_phantom_set(16, SIZE, seed=2))
     vols, labels = make_phantom_set(1, SIZE, seed=3)
     write_set(root / "collapsed", np.repeat(vols, 16, axis=0), np.repeat(labels, 16))
+    vols, labels = make_phantom_set(16, SIZE, seed=2)  # the faithful set with isolated bright voxels
+    dots = np.random.default_rng(4).random(vols.shape) < 0.01
+    write_set(root / "speckled", np.where(dots, np.float32(1), vols), labels)
     clf = root / "clf"
     assert main(["train-classifier", "--data", str(train), "--out", str(clf), "--size", str(SIZE), "--epochs", "30",
                  "--batch-size", "8", "--lr", "2e-3", "--device", "cpu"]) == 0  # fmt: skip
-    yield {"root": root, "train": train, "test": test, "good": good, "collapsed": root / "collapsed", "clf": clf}
+    yield {
+        "root": root,
+        "train": train,
+        "test": test,
+        "good": good,
+        "collapsed": root / "collapsed",
+        "speckled": root / "speckled",
+        "clf": clf,
+    }
     mp.undo()
 
 
@@ -163,3 +174,25 @@ def test_generated_volumes_get_the_intensity_step_of_loaded_files() -> None:
     assert scaled.min() == -1.0 and scaled.max() == 1.0
     occupancy = as_loaded(np.array([[[[-0.9, -0.1], [0.1, 0.9]]]], np.float32), DataConfig(size=8, binary=True))
     assert occupancy.tolist() == [[[[-1.0, -1.0], [1.0, 1.0]]]]
+
+
+def test_speckle_holes_and_the_pca_space_are_reported_beside_real(
+    phantom_setup: dict[str, Path], reports: dict[str, dict]
+) -> None:
+    train = str(phantom_setup["train"])
+    st = evaluate(phantom_setup, "speckled", "report_speckled", "--no-tstr", "--real-train", train)
+    good = reports["good"]["structure"]
+    assert good["pca"] is not None  # without --real-train the judge's training data is the real training data
+    for name in CLASS_NAMES:
+        clean, spotted, real = (
+            good["by_class"][name]["synthetic"],
+            st["structure"]["by_class"][name]["synthetic"],
+            (good["by_class"][name]["real"]),
+        )
+        assert spotted["components"] > clean["components"] + 5 and spotted["speckle_share"] > clean["speckle_share"]
+        assert abs(clean["components"] - real["components"]) < 0.5 * spotted["components"]
+        assert set(real) == {"components", "speckle_share", "holes"}
+    pca = st["structure"]["pca"]
+    assert pca["pca_fd_ref"] > 0 and pca["pca_fd"] > 0
+    report = (phantom_setup["root"] / "report_speckled" / "report.md").read_text()
+    assert "pieces per volume" in report and "PCA space" in report

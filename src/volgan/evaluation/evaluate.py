@@ -15,6 +15,8 @@ The plan, top to bottom (:func:`evaluate`):
    accuracy on the real test volumes.
 5. Usefulness: TSTR (a classifier trained on synthetic only, tested on real) against TRTR (the
    same recipe trained on real training data), and real + synthetic against real alone.
+6. Structure no network shapes: speckle and holes per class at the real set's Otsu level, and with
+   real training data, FD in a PCA space of pooled voxels fitted on it (:mod:`.structure`).
 """
 
 from __future__ import annotations
@@ -218,6 +220,29 @@ def diversity(real: Labelled, synthetic: Labelled, s: EvalSettings) -> dict[str,
     return out
 
 
+def structure_metrics(
+    real: Labelled, synthetic: Labelled, real_train: Labelled | None, s: EvalSettings
+) -> dict[str, Any]:
+    """Speckle and holes of each class's volumes at the real set's Otsu level, synthetic beside real;
+    with ``real_train``, FD in the PCA space fitted on it, beside its real-vs-real reference."""
+    from volgan.evaluation.structure import PCASpace, holes, otsu_level, pca_fd, speckle
+
+    level = otsu_level(real.volumes)
+    by_class: dict[str, dict[str, dict[str, float] | None]] = {}
+    for k, name in enumerate(real.class_names):
+        by_class[name] = {
+            what: speckle(vols, level) | holes(vols, level) if len(vols) else None
+            for what, vols in (("synthetic", synthetic.of(k)), ("real", real.of(k)))
+        }
+    out: dict[str, Any] = {"level": level, "by_class": by_class, "pca": None}
+    if real_train is not None and len(real_train.volumes) >= 3:
+        space = PCASpace.fit(real_train.volumes, seed=s.seed)
+        out["pca"] = pca_fd(
+            space.features(real.volumes), real.labels, space.features(synthetic.volumes), seed=s.seed, n_draws=s.n_draws
+        )
+    return out
+
+
 def conditional_accuracy(
     judge: VolumeClassifier, real: Labelled, synthetic: Labelled, s: EvalSettings
 ) -> dict[str, dict[str, float | None]]:
@@ -351,6 +376,7 @@ def evaluate(
             for k, name in enumerate(real.class_names)
         },
     }
+    result["structure"] = structure_metrics(real, synthetic, real_train, s)
     if s.tstr:
         result["usefulness"] = usefulness(real, synthetic, real_train, s)
     audit = None

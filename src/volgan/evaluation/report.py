@@ -59,6 +59,8 @@ def render_markdown(m: dict[str, Any], figures: dict[str, str], command: str = "
         ["class", "synthetic", "real test"],
         [[g, _fmt(r["synthetic"]), _fmt(r["real"])] for g, r in m["conditional_accuracy"].items()],
     )
+    if m.get("structure") is not None:
+        lines += _structure_section(m["structure"])
     if m.get("usefulness") is not None:
         lines += _usefulness_section(m["usefulness"])
     rows = []
@@ -289,3 +291,25 @@ def _bar_figure(m: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _structure_section(st: dict[str, Any]) -> list[str]:
+    """Speckle and holes per class (synthetic | real), and the PCA-space FD where it was measured."""
+
+    def cells(r: dict[str, float] | None) -> list[str]:
+        return ["–"] * 3 if r is None else [f"{r['components']:.1f}", f"{r['speckle_share']:.2%}", f"{r['holes']:.1f}"]
+
+    lines = _two_column_section(
+        f"Structure at the real set's Otsu level ({st['level']:.3g}): pieces per volume, share of the "
+        "foreground in pieces under 8 voxels, holes",
+        ["class", "pieces", "in small pieces", "holes", "real: pieces", "in small pieces", "holes"],
+        [[name, *cells(r["synthetic"]), *cells(r["real"])] for name, r in st["by_class"].items()],
+    )
+    if st.get("pca") is not None:
+        p = st["pca"]
+        lines += [
+            "",
+            "FD in a PCA space of 2x-pooled voxels fitted on the real training data (no network): "
+            f"{_fmt(p['pca_fd'])}, real-vs-real {_fmt(p['pca_fd_ref'])} ({p['pca_fd_ratio']:.2f}x).",
+        ]
+    return lines
