@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -321,7 +322,9 @@ def _handler(command: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()  # a budget (volgan train --minutes) counts from here, imports included
     args = build_parser().parse_args(argv)
+    args.started = started
     # Under torchrun every rank shares the terminal: rank 0 speaks, the others only warn, tagged.
     rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
     tag = f"[rank {rank}] " if rank is not None else ""

@@ -264,8 +264,9 @@ class TrainConfig(_Section):
     budget_minutes: float | None = Field(None, gt=0)
     """wall-clock budget of the whole run, counted over every invocation and resume (kept in the
     checkpoint) and, for a new run of volgan train / volgan.train, from the command's start (planning and
-    reading the data count, up to half of it); the run stops with a checkpoint when it is spent, and a
-    resumed run whose budget is spent trains no step. With lr_decay linear the rates reach 0 there: the
+    reading the data count, up to half of it); the run stops with a checkpoint when it is spent (keeping
+    room for that checkpoint and the figures, timed from the last ones), and a resumed run whose budget
+    is spent trains no step. With lr_decay linear the rates reach 0 there: the
     decay fits a time budget without knowing the machine's seconds per step"""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """what a NaN or Inf loss does: stop (naming the step and the last good checkpoint) or skip the update"""

@@ -30,6 +30,10 @@ from volgan.errors import VolganError
 from volgan.runlock import RunLock
 from volgan.runlog import RunLogger, log_preview_images, write_run_figures
 
+# The run's end writes a checkpoint and the figures (renders too): the budget keeps this many times the
+# last preview's and checkpoint's seconds for it, so `--minutes N` is over within N minutes.
+END_WORK = 2.0
+
 log = logging.getLogger("volgan")
 
 
@@ -66,7 +70,7 @@ class Trainable(Protocol):
     def train_step(self) -> dict[str, float]: ...
     def save(self) -> Path: ...
     def preview(self) -> dict[str, np.ndarray]: ...
-    def budget_spent(self) -> float: ...
+    def budget_spent(self, ahead_s: float = 0.0) -> float: ...
     def summary(self) -> str: ...
     def process_settings(self) -> contextlib.AbstractContextManager[None]: ...
 
@@ -173,6 +177,7 @@ def _loop(run: Trainable, stop_after: int | None) -> TrainResult:
     signals = _Signals()  # a signal that stopped an earlier fit() does not stop this one
     start, saved_at, trained_before = run.clock(), run.step, run.trained_seconds
     record = _Recorder(run, logger)
+    preview_s = save_s = end_s = 0.0  # rank 0: the last preview's and checkpoint's seconds, and the end's
     over_budget = run.budget_spent() >= 1.0  # a resumed run whose budget is spent trains no step
     if over_budget:
         log.info("time budget already spent (%.1f min trained): no step to train", run.trained_seconds / 60)
@@ -186,22 +191,30 @@ def _loop(run: Trainable, stop_after: int | None) -> TrainResult:
                 #    keeps the same trained seconds (the mean over ranks: the lr schedule reads them)
                 elapsed = run.clock() - start
                 shared = distributed.mean_values(
-                    {"elapsed": elapsed, "signal": float(signals.received is not None)}, run.dist, run.device
+                    {"elapsed": elapsed, "signal": float(signals.received is not None), "end": end_s},
+                    run.dist,
+                    run.device,
                 )
                 run.trained_seconds = trained_before + shared["elapsed"]
                 limit = cfg.train.max_minutes
-                over_budget = bool(limit and shared["elapsed"] > 60 * limit) or run.budget_spent() >= 1.0
+                # the budget keeps room for the end's work (rank 0's alone: the mean times the ranks)
+                ahead = shared["end"] * run.dist.world_size
+                over_budget = bool(limit and shared["elapsed"] > 60 * limit) or run.budget_spent(ahead) >= 1.0
                 stop = over_budget or shared["signal"] > 0
                 # 3. log line, stats.jsonl, TensorBoard (the last step is always logged)
                 record.step(values, log_now=run.step % every.every == 0 or run.step == target or stop)
                 if logger is not None:  # rank 0
                     # 4. preview images of the EMA generator
                     if run.step % every.image_every == 0:
+                        began = run.clock()
                         log_preview_images(logger, run.preview(), run.step, run.surface_level)
+                        preview_s = run.clock() - began
                     # 5. checkpoint
                     if run.step % every.checkpoint_every == 0:
+                        began = run.clock()
                         run.save()
-                        saved_at = run.step
+                        saved_at, save_s = run.step, run.clock() - began
+                    end_s = END_WORK * (preview_s + save_s)
                 if stop:
                     if over_budget:
                         minutes = run.trained_seconds / 60

@@ -259,9 +259,10 @@ class Trainer:
         """The schedule of the step ``train_step`` would train next (:func:`volgan.schedule.step_plan`)."""
         return schedule.step_plan(self.cfg.train, self.step, self.trained_seconds, self.growth)
 
-    def budget_spent(self) -> float:
-        """The part of train.budget_minutes this run has trained (0 without a budget; 1 = spent)."""
-        return schedule.budget_spent(self.cfg.train, self.trained_seconds)
+    def budget_spent(self, ahead_s: float = 0.0) -> float:
+        """The part of train.budget_minutes this run has trained, ``ahead_s`` seconds from now (0 without
+        a budget; 1 = spent)."""
+        return schedule.budget_spent(self.cfg.train, self.trained_seconds + ahead_s)
 
     # -- the loop and what it shows --------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> TrainResult:

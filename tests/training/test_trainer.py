@@ -10,6 +10,7 @@ import torch
 
 from conftest import assert_same_weights, tiny_config, tiny_data
 from volgan import checkpoint as ckpt
+from volgan import loop
 from volgan.data.stream import BatchStream
 from volgan.errors import CheckpointError, ConfigError, VolganError
 from volgan.run_setup import start_trainer
@@ -370,7 +371,8 @@ def test_budget_minutes_ends_the_run_and_its_lr_decay_over_resumes(tmp_path: Pat
     train = {"lr_decay": "linear", "steps": 100, "budget_minutes": 4 / 60, "lr_g": 2e-4}
 
     def trainer(name: str, **kw: Any) -> Trainer:
-        tr = Trainer(tiny_config(tmp_path / name, train=train), data, **kw)
+        log = {"image_every": 1000, "checkpoint_every": 1000}  # no preview or checkpoint reads the clock
+        tr = Trainer(tiny_config(tmp_path / name, train=train, log=log), data, **kw)
         tr.clock = OneSecondPerReading()  # read once as fit() starts, then once after each step
         return tr
 
@@ -395,6 +397,17 @@ def test_budget_minutes_ends_the_run_and_its_lr_decay_over_resumes(tmp_path: Pat
     assert_same_weights(straight, resumed)
     spent = trainer("split", resume=tmp_path / "split")
     assert spent.fit().step == 4
+
+
+def test_the_budget_keeps_room_for_the_runs_end(tmp_path: Path) -> None:
+    """The end of a budgeted run writes a checkpoint and figures: the loop stops once the trained
+    seconds plus END_WORK x (the last preview's + checkpoint's seconds) reach the budget."""
+    log = {"image_every": 3, "checkpoint_every": 3}
+    tr = Trainer(tiny_config(tmp_path / "run", train={"budget_minutes": 10 / 60, "steps": 100}, log=log), tiny_data())
+    tr.clock = OneSecondPerReading()  # fit's start 0; steps 1-3 at 1-3 s; preview 4-5, save 6-7: 1 s each
+    result = tr.fit()
+    # step 4 ends at 8 s; 8 + 2.0 x (1 + 1) >= 10: stop (without the room it would train to step 6)
+    assert loop.END_WORK == 2.0 and result.step == 4 and tr.trained_seconds == 8.0
 
 
 def test_the_budget_counts_the_commands_set_up(tmp_path: Path) -> None:
