@@ -316,7 +316,8 @@ class PerfConfig(_Section):
     """instance norm: moments from one matrix product, then one multiply-add with the affine and the
     conditional scale/shift folded in"""
     subpixel_conv: bool = True
-    """the generator's last (one-channel) transposed conv as a 2³ conv + depth-to-space shuffle"""
+    """the generator's last (one-channel) layer as a 2³ conv + depth-to-space shuffle at the coarse grid (the
+    transposed head, and the resize head through its tied 4³ kernel)"""
     dense_stem: bool = False
     """the generator's first layer (a transposed conv on a 1³ input) as the dense layer it is; off by
     default, being slower per training step (measurements: docs/results/performance.md)"""

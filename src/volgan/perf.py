@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from volgan.config import PerfConfig
-from volgan.models.layers import InstanceNorm3d, StemConvTranspose3d, SubpixelConvTranspose3d
+from volgan.models.layers import InstanceNorm3d, ResizeConv3d, StemConvTranspose3d, SubpixelConvTranspose3d
 
 log = logging.getLogger("volgan")
 
@@ -43,7 +43,7 @@ def configure_models(cfg: PerfConfig, *models: nn.Module) -> None:
         for module in model.modules():
             if isinstance(module, InstanceNorm3d):
                 module.fast = cfg.fused_norm
-            elif isinstance(module, SubpixelConvTranspose3d):
+            elif isinstance(module, SubpixelConvTranspose3d | ResizeConv3d):
                 module.fast = cfg.subpixel_conv
             elif isinstance(module, StemConvTranspose3d):
                 module.fast = cfg.dense_stem

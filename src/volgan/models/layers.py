@@ -173,10 +173,21 @@ class StemConvTranspose3d(nn.ConvTranspose3d):
         return y
 
 
+# Nearest 2x up-sampling then a 3-tap kernel (w0, w1, w2) is, along each axis, the stride-2
+# transposed convolution with the 4 taps (w2, w1 + w2, w0 + w1, w0): rows of this matrix.
+_RESIZE_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
 class ResizeConv3d(nn.Module):
     """Nearest-neighbour 2x up-sampling, then a 3³ convolution: an up-sampling layer whose every output
     voxel sees the same kernel, so it cannot leave the transposed convolution's checkerboard of isolated
-    voxels (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
+    voxels (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts").
+
+    The fast path computes the same volume at the coarse grid: the layer equals a stride-2 transposed
+    convolution whose 4³ kernel is tied to the 3³ one (``_RESIZE_TAPS``), run as a sub-pixel convolution
+    without the up-sampled features ever being stored."""
+
+    fast = True
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__()
@@ -184,7 +195,11 @@ class ResizeConv3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C_in, D, H, W) -> (B, C_out, 2D, 2H, 2W)."""
-        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+        if not self.fast:
+            return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        a = _RESIZE_TAPS.to(self.conv.weight)
+        tied = torch.einsum("oidef,ad,be,cf->ioabc", self.conv.weight, a, a, a)  # (C_in, C_out, 4, 4, 4)
+        return subpixel_conv_transpose3d(x, tied.contiguous(), self.conv.bias)
 
 
 def output_layer(in_channels: int, kind: str) -> nn.Module:
