@@ -27,7 +27,7 @@ SMALL_COMPONENT = 8
 
 def pooled(volumes: np.ndarray, factor: int = 2) -> np.ndarray:
     """(N, S, S, S) -> (N, (S/factor)^3): each volume average-pooled by ``factor`` and flattened."""
-    x = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32)).unsqueeze(1)
+    x = torch.from_numpy(np.require(volumes, np.float32, ["C", "W"])).unsqueeze(1)  # writable: torch asks it
     if factor > 1:
         x = F.avg_pool3d(x, factor)
     return x.flatten(1).numpy().astype(np.float64)
