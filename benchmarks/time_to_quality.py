@@ -234,7 +234,7 @@ class Scorer:
     keeps a few slices of each scored set for the samples figure (``shown``: (source, slices))."""
 
     def __init__(self, ds: Dataset, judge: Any, meta: dict[str, Any], a: argparse.Namespace, device: Any) -> None:
-        from volgan.evaluation.structure import PCASpace, holes, otsu_level, speckle
+        from volgan.evaluation.structure import PCASpace, otsu_level, structure
 
         self.ds, self.judge, self.meta, self.a, self.device = ds, judge, meta, a, device
         self.shown: list[tuple[str, np.ndarray]] = []
@@ -242,8 +242,7 @@ class Scorer:
         self.pca = PCASpace.fit(np.asarray(ds.train.volumes), seed=a.seed)
         self.real_pca = self.pca.features(ds.held_out.volumes)  # once: the held-out set never changes
         self.level = otsu_level(ds.held_out.volumes)
-        real = speckle(ds.held_out.volumes, self.level) | holes(ds.held_out.volumes, self.level)
-        self.real_speckle = {f"{k}_real": v for k, v in real.items()}
+        self.real_structure = {f"{k}_real": v for k, v in structure(ds.held_out.volumes, self.level).items()}
 
     def labels(self) -> torch.Tensor:
         return torch.arange(self.ds.train.num_classes).repeat_interleave(self.a.n)
@@ -251,7 +250,7 @@ class Scorer:
     def __call__(self, volumes: np.ndarray, source: str) -> dict[str, Any]:
         from volgan.evaluation.curve import curve_metrics
         from volgan.evaluation.labelled import as_loaded
-        from volgan.evaluation.structure import holes, pca_fd, speckle
+        from volgan.evaluation.structure import pca_fd, structure
 
         t0 = time.perf_counter()
         synthetic = Labelled(
@@ -277,7 +276,7 @@ class Scorer:
             n_splits=self.a.splits,
             n_draws=self.a.draws,
         )
-        point |= speckle(synthetic.volumes, self.level) | holes(synthetic.volumes, self.level) | self.real_speckle
+        point |= structure(synthetic.volumes, self.level) | self.real_structure
         point["eval_seconds"] = time.perf_counter() - t0
         self.shown.append((source, fullest_slices(synthetic.volumes, synthetic.labels, SHOWN_PER_CLASS)))
         return point

@@ -83,7 +83,7 @@ def volgan(
             "train": {"batch_size": batch, "wgan_gp": {"n_critic": n_critic}, **(train or {})},
             "log": {"progress_bar": False},
             "perf": perf,
-            **{k: v for k, v in (sections or {}).items() if k != "train"},
+            **(sections or {}),
         },
         "<benchmark>",
     )

@@ -179,13 +179,13 @@ def run_demo(
     reference = demo.consistency(ref_vols, ref_labels)
     per_class = [demo.consistency(samples[n], np.full(n_samples, k)) for k, n in enumerate(demo.class_names)]
     from volgan.evaluation.curve import correlation_diversity
-    from volgan.evaluation.structure import SMALL_COMPONENT, holes, otsu_level, speckle
+    from volgan.evaluation.structure import SMALL_COMPONENT, otsu_level, structure
 
     # within-class diversity, 1 - mean voxel correlation of same-class pairs: ~0 means one volume per class
     diversity = correlation_diversity(fake, fake_labels)
     diversity_real = correlation_diversity(ref_vols, ref_labels)
     level = otsu_level(ref_vols)  # both sets binarized at the real set's Otsu level
-    spots, spots_real = speckle(fake, level) | holes(fake, level), speckle(ref_vols, level) | holes(ref_vols, level)
+    spots, spots_real = structure(fake, level), structure(ref_vols, level)
 
     print(f"\nvolgan demo ({family}, {demo.what}) finished after {result.step} generator steps")
     print(f"  run folder    {run_dir}")

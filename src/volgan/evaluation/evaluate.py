@@ -225,13 +225,13 @@ def structure_metrics(
 ) -> dict[str, Any]:
     """Speckle and holes of each class's volumes at the real set's Otsu level, synthetic beside real;
     with ``real_train``, FD in the PCA space fitted on it, beside its real-vs-real reference."""
-    from volgan.evaluation.structure import PCASpace, holes, otsu_level, pca_fd, speckle
+    from volgan.evaluation.structure import PCASpace, otsu_level, pca_fd, structure
 
     level = otsu_level(real.volumes)
     by_class: dict[str, dict[str, dict[str, float] | None]] = {}
     for k, name in enumerate(real.class_names):
         by_class[name] = {
-            what: speckle(vols, level) | holes(vols, level) if len(vols) else None
+            what: structure(vols, level) if len(vols) else None
             for what, vols in (("synthetic", synthetic.of(k)), ("real", real.of(k)))
         }
     out: dict[str, Any] = {"level": level, "by_class": by_class, "pca": None}

@@ -87,36 +87,38 @@ def otsu_level(volumes: np.ndarray, at_most: int = 1 << 20) -> float:
     return float(threshold_otsu(flat[:: max(1, flat.size // at_most)]))
 
 
+def _pieces(v: np.ndarray, level: float, small: int) -> tuple[int, float, int]:
+    """One volume's 26-connected foreground pieces above ``level``, the share of its foreground in
+    pieces under ``small`` voxels (0 when empty), and its holes: tunnels plus cavities, from the Euler
+    number ``pieces - tunnels + cavities`` (the background 6-connected), all from one labelling."""
+    from skimage.measure import euler_number, label
+
+    mask = np.pad(v > level, 1)  # a background border: whatever touches the grid's edge is outside
+    labelled, n = label(mask, connectivity=3, return_num=True)
+    sizes = np.bincount(labelled.reshape(-1))[1:]
+    share = float(sizes[sizes < small].sum() / sizes.sum()) if n else 0.0
+    cavities = int(label(~mask, connectivity=1).max()) - 1  # background pieces other than the outside
+    tunnels = n + cavities - int(euler_number(mask, connectivity=3))
+    return n, share, tunnels + cavities
+
+
+def structure(volumes: np.ndarray, level: float, small: int = SMALL_COMPONENT) -> dict[str, float]:
+    """Means over volumes: ``components`` (pieces above ``level``), ``speckle_share`` (foreground in
+    pieces under ``small`` voxels) and ``holes`` (through-holes and enclosed cavities)."""
+    per_volume = np.array([_pieces(v, level, small) for v in np.asarray(volumes)], dtype=np.float64).reshape(-1, 3)
+    means = per_volume.mean(axis=0) if len(per_volume) else np.zeros(3)
+    return dict(zip(("components", "speckle_share", "holes"), map(float, means), strict=True))
+
+
 def speckle(volumes: np.ndarray, level: float, small: int = SMALL_COMPONENT) -> dict[str, float]:
     """Mean over volumes of: 26-connected components above ``level`` (``components``), and the share
     of foreground voxels in components of fewer than ``small`` voxels (``speckle_share``; 0 for an
     empty volume)."""
-    from skimage.measure import label
-
-    counts, shares = [], []
-    for v in np.asarray(volumes):
-        mask = v > level
-        labelled, n = label(mask, connectivity=3, return_num=True)
-        counts.append(n)
-        if n == 0:
-            shares.append(0.0)
-            continue
-        sizes = np.bincount(labelled.reshape(-1))[1:]
-        shares.append(float(sizes[sizes < small].sum() / sizes.sum()))
-    return {"components": float(np.mean(counts)), "speckle_share": float(np.mean(shares))}
+    out = structure(volumes, level, small)
+    return {"components": out["components"], "speckle_share": out["speckle_share"]}
 
 
 def holes(volumes: np.ndarray, level: float) -> dict[str, float]:
     """Mean over volumes of the holes in the foreground above ``level``: tunnels (through-holes) plus
-    cavities (enclosed background), from the Euler number ``components - tunnels + cavities`` of the
-    26-connected foreground (its background 6-connected)."""
-    from skimage.measure import euler_number, label
-
-    counts = []
-    for v in np.asarray(volumes):
-        mask = np.pad(v > level, 1)  # a background border: whatever touches the grid's edge is outside
-        components = int(label(mask, connectivity=3).max())
-        cavities = int(label(~mask, connectivity=1).max()) - 1  # background pieces other than the outside
-        tunnels = components + cavities - int(euler_number(mask, connectivity=3))
-        counts.append(tunnels + cavities)
-    return {"holes": float(np.mean(counts))}
+    cavities (enclosed background), from the Euler number of the 26-connected foreground."""
+    return {"holes": structure(volumes, level)["holes"]}
