@@ -53,7 +53,14 @@ def _phantom() -> DemoSet:
         phantom.class_consistency,
         (0.0, 1000.0),
         {
-            "model": {"family": "wgan_gp", "latent_dim": 64, "embed_dim": 32, "ngf": 16, "ndf": 16},
+            "model": {
+                "family": "wgan_gp",
+                "latent_dim": 64,
+                "embed_dim": 32,
+                "ngf": 16,
+                "ndf": 16,
+                "output_head": "resize",  # fewer stray pieces (docs/guide/models.md)
+            },
             "train": {"batch_size": 8, "wgan_gp": {"n_critic": 2}, "lr_g": 2e-4, "lr_d": 2e-4, "ema_decay": 0.99},
         },
         32,
@@ -76,7 +83,7 @@ def _objects() -> DemoSet:
         # The dcgan family defaults (README, "3D-GAN"): no accuracy gate, one-sided label smoothing,
         # an AC-GAN head, minibatch-stddev and a weak mode-seeking term. With the paper's gate these
         # objects collapse to one shape for every class and latent.
-        {"data": {"binary": True}, "model": {"family": "dcgan"}},
+        {"data": {"binary": True}, "model": {"family": "dcgan", "output_head": "resize"}},
         16,
     )
 

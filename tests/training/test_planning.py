@@ -53,7 +53,7 @@ def test_occupancy_grids_are_planned_as_the_3dgan_with_binary_data() -> None:
     plan = make_plan(_fp(occupancy=True, edge=32), 20, timer=_timer(0.1))
     assert plan.value("model.family") == "dcgan" and plan.value("data.binary") is True
     assert "two values" in next(c.reason for c in plan.choices if c.key == "model.family")
-    build_config(plan.overrides(), "<plan>")  # a valid config
+    assert build_config(plan.overrides(), "<plan>").model.output_head == "resize"
 
 
 def test_masks_on_a_finer_grid_than_planned_are_resampled_intensities_for_the_wgan_gp() -> None:
@@ -73,6 +73,8 @@ def test_intensities_are_planned_as_the_conditional_wgan_gp() -> None:
     plan = make_plan(_fp(edge=64), 30, timer=_timer(0.05))
     assert plan.value("model.family") == "wgan_gp"
     assert plan.value("model.ac_weight") == 1.0  # two classes: the auxiliary-classifier head
+    assert plan.value("model.output_head") == "resize"
+    assert "fewer holes" in next(c.reason for c in plan.choices if c.key == "model.output_head")
     assert "data.binary" not in plan.overrides()["data"]
     one = make_plan(_fp(edge=64, classes=1), 30, timer=_timer(0.05))
     assert one.value("model.ac_weight") == 0.0
@@ -104,7 +106,10 @@ def test_a_budget_short_of_the_steps_needed_says_so_and_how_long_would_do() -> N
     assert plan.value("data.size") == 32
     assert "smallest grid planned: ~600 steps" in next(c.reason for c in plan.choices if c.key == "data.size")
     assert any("fewer than the ~1000" in n and "--minutes 5 would hold them" in n for n in plan.notes), plan.notes
-    assert not make_plan(_fp(edge=32), 30, timer=_timer(0.3)).notes
+    assert plan.value("train.lr_decay") == "none"  # too few steps for rates falling to 0
+    assert "~600 steps are fewer than 1000" in next(c.reason for c in plan.choices if c.key == "train.lr_decay")
+    enough = make_plan(_fp(edge=32), 30, timer=_timer(0.3))
+    assert not enough.notes and enough.value("train.lr_decay") == "linear"
 
 
 def test_small_volumes_are_not_upsampled_beyond_a_quarter() -> None:
