@@ -33,9 +33,9 @@ PROBE_SHARE = 0.015  # (the fingerprint comes on top: the two together stay unde
 MIN_PROBE_S = 2.0
 # train.steps is this many times the predicted steps: a probe slowed by another job must not end the run early.
 STEPS_MARGIN = 10
-# The generator's last layer (docs/planner.md: four side-by-side runs, masks and voxel shapes).
+# The generator's last layer (docs/planner.md: five side-by-side runs, masks and voxel shapes).
 RESIZE_REASON = (
-    "up-sampling then a 3³ convolution: 1.4-7x fewer holes per volume than the transposed head in 4 of 4 "
+    "up-sampling then a 3³ convolution: 1.3-7x fewer holes per volume than the transposed head in 5 of 5 "
     "runs measured, FD at the end ahead or within the real-vs-real spread, the same step cost"
 )
 
