@@ -236,7 +236,8 @@ def make_plan(
             f"{minutes:g} minutes hold no generator step at {decided.grid}³ on this machine; "
             f"the smallest plan needs ~{step.seconds:.0f} s"
         )
-    if predicted < MIN_STEPS[family]:  # from the step time the plan rests on (timed here where it could be)
+    short = predicted < MIN_STEPS[family]  # from the step time the plan rests on (timed here where it could be)
+    if short:
         decided.notes.append(
             f"the budget holds ~{predicted} steps at {decided.grid}³, fewer than the ~{MIN_STEPS[family]} the "
             f"measured runs needed: expect rough samples; --minutes {math.ceil(MIN_STEPS[family] * step.seconds / 60)} "
@@ -245,10 +246,8 @@ def make_plan(
     # occupancy on its own grid or finer stays two-valued; resampled coarser it holds partial volumes
     binary = bool(given.get("data.binary", fp.occupancy_like and fp.native_edge <= decided.grid))
     recipe = flatten(
-        _recipe(family, decided.grid, decided.width, conditional, minutes, binary, steps=STEPS_MARGIN * predicted)
+        _recipe(family, decided.grid, decided.width, conditional, minutes, binary, STEPS_MARGIN * predicted, short)
     )
-    if family == "wgan_gp" and predicted < MIN_STEPS[family]:
-        recipe["train.lr_decay"] = "none"  # rates falling to 0 within too few steps were far behind
     if fp.occupancy_like and not binary and "data.intensity_percentiles" not in given:
         recipe["data.intensity_percentiles"] = [0.0, 100.0]
     reasons = _reasons(fp, family, decided, conditional, minutes, predicted, step)
@@ -364,9 +363,10 @@ def _decide(
 
 
 def _recipe(
-    family: str, grid: int, width: int, conditional: bool, minutes: float, binary: bool, steps: int
+    family: str, grid: int, width: int, conditional: bool, minutes: float, binary: bool, steps: int, short: bool = False
 ) -> dict[str, Any]:
-    """The full recipe for one family, grid and width (the measured settings; docs/planner.md)."""
+    """The full recipe for one family, grid and width (the measured settings; docs/planner.md).
+    ``short``: the budget holds fewer steps than the family needs."""
     data: dict[str, Any] = {"size": grid}
     if binary:
         data["binary"] = True
@@ -377,24 +377,19 @@ def _recipe(
             "lr_decay": "none",
             "ema_decay": 0.99,
         }
-        model: dict[str, Any] = {"family": "dcgan", "ngf": width, "ndf": width, "output_head": "resize"}
+        model: dict[str, Any] = {"family": "dcgan", "ngf": width, "ndf": width}
     else:
         train = {
             "batch_size": 4,
             "wgan_gp": {"n_critic": 2 if width <= 16 else 5, "gp_weight": 10.0, "gp_every": None},
             "mode_seeking": 1.0,
-            "lr_decay": "linear",
+            "lr_decay": "none" if short else "linear",  # rates falling to 0 within too few steps were far behind
             "ema_decay": 0.999,
         }
         if grid <= 32:
             train["mode_seeking_end"] = 0.0
-        model = {
-            "family": "wgan_gp",
-            "ngf": width,
-            "ndf": width,
-            "ac_weight": 1.0 if conditional else 0.0,
-            "output_head": "resize",
-        }
+        model = {"family": "wgan_gp", "ngf": width, "ndf": width, "ac_weight": 1.0 if conditional else 0.0}
+    model["output_head"] = "resize"
     train |= {"budget_minutes": minutes, "steps": steps}
     return {"data": data, "model": model, "train": train}
 
