@@ -243,6 +243,18 @@ class Scorer:
         self.real_pca = self.pca.features(ds.held_out.volumes)  # once: the held-out set never changes
         self.level = otsu_level(ds.held_out.volumes)
         self.real_structure = {f"{k}_real": v for k, v in structure(ds.held_out.volumes, self.level).items()}
+        # --clean train: every contender's volumes cleaned as sample.clean would clean them for this data
+        self.cleanup = None
+        if a.clean == "train":
+            from volgan.cleanup import measure
+            from volgan.planning.fingerprint import fingerprint_volumes
+
+            binary = ds.data_cfg.binary or fingerprint_volumes(ds.train).occupancy_like
+            self.cleanup = measure(np.asarray(ds.train.volumes), binary, ds.data_cfg.threshold)
+            print(f"--clean train: {self.cleanup.describe()}", file=sys.stderr)
+
+    def finish(self, volumes: np.ndarray) -> np.ndarray:
+        return volumes if self.cleanup is None else self.cleanup(volumes)
 
     def labels(self) -> torch.Tensor:
         return torch.arange(self.ds.train.num_classes).repeat_interleave(self.a.n)
@@ -317,8 +329,9 @@ def volgan_volumes(checkpoint: Path | str, score: Scorer, a: argparse.Namespace,
     """--n volumes per class from a checkpoint's EMA generator, exactly as ``volgan sample`` loads it."""
     from volgan.sampling import generate, load_generator
 
-    loaded = load_generator(checkpoint, ema=True, device=device)
-    return generate(loaded.generator, score.labels(), a.seed, 0, 8, device, loaded.autocast).numpy()
+    loaded = load_generator(checkpoint, ema=True, device=device, clean=a.clean == "checkpoint")
+    volumes = generate(loaded.generator, score.labels(), a.seed, 0, 8, device, loaded.autocast).numpy()
+    return score.finish(loaded.finish(volumes))
 
 
 def yardstick_volumes(naive: Any, g: torch.nn.Module, score: Scorer, a: argparse.Namespace, device: Any) -> np.ndarray:
@@ -326,7 +339,8 @@ def yardstick_volumes(naive: Any, g: torch.nn.Module, score: Scorer, a: argparse
     y = score.labels().to(device)
     z = torch.randn(len(y), naive.Z, generator=torch.Generator().manual_seed(a.seed)).to(device)
     with torch.no_grad():
-        return torch.cat([g(z[j : j + 8], y[j : j + 8])[:, 0].cpu() for j in range(0, len(y), 8)]).numpy()
+        volumes = torch.cat([g(z[j : j + 8], y[j : j + 8])[:, 0].cpu() for j in range(0, len(y), 8)]).numpy()
+    return score.finish(volumes)
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
@@ -612,6 +626,14 @@ def main() -> None:
     ap.add_argument(
         "--rescore", metavar="JSON", help="train nothing: score the saved points of an earlier run's JSON again"
     )
+    ap.add_argument(
+        "--clean",
+        choices=["checkpoint", "train", "off"],
+        default="checkpoint",
+        help="checkpoint: volgan's volumes as `volgan sample` gives them (cleaned where the run set sample.clean); "
+        "train: every contender's volumes (the yardstick's too) cleaned as sample.clean would clean them for "
+        "the training split, e.g. to re-score runs from before it; off: every contender's volumes raw",
+    )
     ap.add_argument("--replot", metavar="JSON", help="train and score nothing: draw an earlier run's curves again")
     a = ap.parse_args()
     if a.replot:
@@ -710,12 +732,14 @@ def main() -> None:
             "draws": a.draws,
             "splits": a.splits,
             "seed": a.seed,
+            "clean": a.clean,
         },
         "reference_spread": spread,
         "notes": notes,
         "contenders": results,
     }
     stem = Path(a.out) / ("time_to_quality_rescored" if a.rescore else "time_to_quality")
+    stem = stem.with_name(stem.name + ("" if a.clean == "checkpoint" else f"_clean-{a.clean}"))
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     title = f"{ds.name} {ds.data_cfg.size}³, {a.minutes:g} min; {machine_line()}, {torch.get_num_threads()} threads"
     plot(results, stem.with_suffix(".png"), title)

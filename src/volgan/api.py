@@ -188,6 +188,7 @@ class VolumeGenerator:
             self._device,
             self._loaded.autocast,
         )
+        volumes = torch.from_numpy(self._loaded.finish(volumes.numpy()))  # cleaned where the run set sample.clean
         return volumes.reshape(n, 1, self.size, self.size, self.size)
 
     def to_intensity(self, unit: torch.Tensor) -> torch.Tensor:

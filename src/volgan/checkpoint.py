@@ -201,6 +201,7 @@ def export_safetensors(state: dict[str, Any], path: Path, which: str = "ema", so
         "family": json.dumps(state["config"]["model"]["family"]),
         "weights": json.dumps(list(EXPORT_PARTS[which])),
         "source": json.dumps(source.name if source else None),
+        "cleanup": json.dumps(state.get("cleanup")),  # sample.clean's sizes (None: not cleaned)
     }
     payload = save(tensors, metadata)
     try:
@@ -227,6 +228,7 @@ def load_safetensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: damaged or truncated safetensors file ({str(e)[:160]})") from None
     meta = _parse_metadata(raw, path)
     state: dict[str, Any] = {key: meta[key] for key in GENERATOR_KEYS}
+    state["cleanup"] = meta.get("cleanup")
     for name, tensor in tensors.items():
         part, _, key = name.partition(".")
         if part not in meta["weights"] or not key:
@@ -239,7 +241,9 @@ def _parse_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
     if "format" not in raw:
         raise CheckpointError(f"{path}: no volgan metadata in this safetensors file (write it with `volgan export`)")
     meta: dict[str, Any] = {}
-    for key in ("format", "version", "weights", *GENERATOR_KEYS):
+    for key in ("format", "version", "weights", *GENERATOR_KEYS, "cleanup"):
+        if key == "cleanup" and key not in raw:  # an export from before sample.clean
+            continue
         if key not in raw:
             raise CheckpointError(f"{path}: safetensors metadata lacks {key!r} (write it with `volgan export`)")
         try:

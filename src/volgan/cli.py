@@ -100,6 +100,9 @@ def _add_plan(sub: Any) -> None:
     )
 
 
+RAW_HELP = "the generator's volumes as they are, not cleaned where the run set sample.clean"
+
+
 def _add_sample(sub: Any) -> None:
     p = sub.add_parser("sample", help="generate volumes from a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (newest checkpoint)")
@@ -152,6 +155,7 @@ def _add_sample(sub: Any) -> None:
         default=True,
         help="use the EMA generator (default) or the raw one",
     )
+    p.add_argument("--raw", action="store_true", help=RAW_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     walk = p.add_argument_group("interpolation (writes the frames, a montage PNG and a mid-slice GIF)")
     walk.add_argument(
@@ -267,6 +271,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--features-size", type=int, help="resize volumes to this cube for medicalnet/radimagenet")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--n-per-class", type=int, default=64, help="volumes generated per class (default 64)")
+    p.add_argument("--raw", action="store_true", help=RAW_HELP)
     p.add_argument(
         "--real-train",
         help="real training data for TRTR/augmentation and the memorisation audit: the generator's training set "

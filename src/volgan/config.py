@@ -306,6 +306,15 @@ class LogConfig(_Section):
     """a progress bar with ETA on a terminal"""
 
 
+class SampleConfig(_Section):
+    """What is done to generated volumes before anyone sees them (samples, figures, evaluation)."""
+
+    clean: bool = False
+    """remove foreground pieces smaller than the training volumes ever hold (never a volume's largest)
+    and write occupancy data (data.binary) as 0/1; the sizes are measured from the training data when
+    training starts and kept in the checkpoint (volgan.cleanup)"""
+
+
 class PerfConfig(_Section):
     """Speed switches. Every fast path computes the same mathematics as the plain one (tests compare
     them); turn one off to measure it or to work around a platform."""
@@ -399,6 +408,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     perf: PerfConfig = Field(default_factory=PerfConfig)
     dist: DistConfig = Field(default_factory=DistConfig)

@@ -122,6 +122,7 @@ def demo_config(demo: DemoSet, run_dir: Path, size: int, minutes: float, steps: 
         "data": {"size": size},
         "train": {"steps": steps, "max_minutes": minutes},
         "log": {"every": 10, "image_every": 100, "checkpoint_every": 100, "keep_checkpoints": 2},
+        "sample": {"clean": True},  # as the planner chooses (docs/planner.md)
     }
     for section, values in demo.settings.items():
         cfg[section] = {**cfg.get(section, {}), **values}
@@ -159,7 +160,7 @@ def run_demo(
     samples = {}
     for k, name in enumerate(demo.class_names):
         labels_k = torch.full((n_samples,), k)
-        samples[name] = generate(loaded.generator, labels_k, seed=seed, device=trainer.device).numpy()
+        samples[name] = loaded.finish(generate(loaded.generator, labels_k, seed=seed, device=trainer.device).numpy())
         write_samples(loaded, samples[name], [k] * n_samples, list(range(n_samples)), seed, run_dir / "samples")
     figures = run_dir / "figures"
     title = f"volgan demo ({family}): EMA generator after {result.step} steps (rows = classes)"

@@ -107,7 +107,8 @@ def interpolate_latents(
     b = latent_for(seed, _checked_index(to_index, "to_index"), g.latent_dim)
     labels = torch.full((steps,), g.class_index(cls), dtype=torch.long)
     bs = batch_size or default_batch_size(g.size)
-    frames = generate_from_latents(g.module, slerp(a, b, t), labels, bs, g.device, g.loaded.autocast)[:, None]
+    frames = generate_from_latents(g.module, slerp(a, b, t), labels, bs, g.device, g.loaded.autocast)
+    frames = torch.from_numpy(g.loaded.finish(frames.numpy()))[:, None]  # cleaned as the samples are
     return g.to_intensity(frames) if intensities else frames
 
 
@@ -137,7 +138,8 @@ def interpolate_classes(
     labels = torch.arange(steps, dtype=torch.long)  # row k of the mixed table
     bs = batch_size or default_batch_size(g.size)
     with class_embeddings(g.module, table):
-        frames = generate_from_latents(g.module, z, labels, bs, g.device, g.loaded.autocast)[:, None]
+        frames = generate_from_latents(g.module, z, labels, bs, g.device, g.loaded.autocast)
+        frames = torch.from_numpy(g.loaded.finish(frames.numpy()))[:, None]
     return g.to_intensity(frames) if intensities else frames
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from volgan import distributed, growth, perf
+from volgan import cleanup, distributed, growth, perf
 from volgan.augment import AdaptiveP, DiffAugment3d
 from volgan.config import Config
 from volgan.data.dataset import VolumeSet
@@ -53,6 +53,8 @@ class RunServices:
         value_range = (0.0, 1.0) if cfg.model.family == "dcgan" else (-1.0, 1.0)  # what the discriminator sees
         self.augment = DiffAugment3d(a, value_range) if a.enabled else None
         self.ada = AdaptiveP(a) if a.enabled and a.adaptive else None
+        # sample.clean's cut, read once from the training volumes (kept in every checkpoint)
+        self.cleanup = cleanup.measure(data.volumes, cfg.data.binary, cfg.data.threshold) if cfg.sample.clean else None
         self.step = 0
 
     def step_services(self) -> StepServices:

@@ -18,6 +18,7 @@ import torch
 
 from volgan import checkpoint as ckpt
 from volgan import perf
+from volgan.cleanup import Cleanup
 from volgan.config import PerfConfig, surface_level
 from volgan.errors import VolganError
 from volgan.files import atomic_write
@@ -74,12 +75,15 @@ def preview(
     seed: int,
     device: torch.device | str = "cpu",
     autocast: torch.dtype | None = None,
+    cleanup: Cleanup | None = None,
 ) -> dict[str, np.ndarray]:
-    """Two volumes per class from the fixed latents 0 and 1 of ``seed``: class name -> (2, S, S, S)."""
+    """Two volumes per class from the fixed latents 0 and 1 of ``seed`` (cleaned by ``cleanup``, if
+    given): class name -> (2, S, S, S)."""
     out = {}
     for k, name in enumerate(class_names):
         labels = torch.full((2,), k, dtype=torch.long)
-        out[name] = generate(generator, labels, seed=seed, device=device, autocast=autocast).numpy()
+        volumes = generate(generator, labels, seed=seed, device=device, autocast=autocast).numpy()
+        out[name] = volumes if cleanup is None else cleanup(volumes)
     return out
 
 
@@ -125,12 +129,26 @@ class LoadedGenerator:
     ema: bool
     threshold: float  # surface level for meshes, in [0, 1] occupancy units (data.threshold)
     autocast: torch.dtype | None = None  # what ``generate`` should autocast to on this device
+    cleanup: Cleanup | None = None  # sample.clean: measured from the training data, kept in the checkpoint
+
+    def finish(self, volumes: np.ndarray) -> np.ndarray:
+        """Generated volumes (N, S, S, S) in [-1, 1] as the model's samples are given out: cleaned
+        where the run set ``sample.clean``, as they are otherwise."""
+        return volumes if self.cleanup is None else self.cleanup(volumes)
 
 
 def load_generator(
-    where: str | Path, *, ema: bool = True, device: torch.device | str = "cpu", perf_cfg: PerfConfig | None = None
+    where: str | Path,
+    *,
+    ema: bool = True,
+    device: torch.device | str = "cpu",
+    perf_cfg: PerfConfig | None = None,
+    clean: bool = True,
 ) -> LoadedGenerator:
     """Rebuild the generator of a checkpoint file, run folder (latest checkpoint) or ``.safetensors`` export.
+
+    ``clean``: give samples out cleaned (:meth:`LoadedGenerator.finish`) where the run set
+    ``sample.clean``; false: the generator's volumes as they are.
 
     ``perf_cfg``: the speed switches for this machine (default: all fast paths), not the training run's.
     """
@@ -156,6 +174,11 @@ def load_generator(
         raise ckpt.CheckpointError(f"{path}: {len(names)} class names for {int(state['num_classes'])} classes")
     safe_names(names, str(path))  # refused here, before any volume is generated
     lo, hi = state["intensity_range"]
+    record = state.get("cleanup") if clean else None
+    try:
+        cleanup = Cleanup.from_dict(record, str(path)) if record is not None else None
+    except ValueError as e:
+        raise ckpt.CheckpointError(str(e)) from None
     perf_cfg = perf_cfg or PerfConfig()
     device = torch.device(device)
     generator.to(device).eval()
@@ -174,6 +197,7 @@ def load_generator(
         ema,
         cfg.data.threshold,
         perf.autocast_dtype(perf_cfg, device),
+        cleanup,
     )
 
 
@@ -217,6 +241,7 @@ def provenance(loaded: LoadedGenerator) -> dict[str, Any]:
         "ema": loaded.ema,
         "intensity_range": list(loaded.intensity_range),
         "spacing_mm": loaded.spacing,
+        "cleanup": None if loaded.cleanup is None else loaded.cleanup.to_dict(),  # sample.clean, as applied
     }
 
 
@@ -333,7 +358,15 @@ def sample_to_folder(
                 labels = torch.full((len(idx),), k, dtype=torch.long)
                 vols = generate(loaded.generator, labels, seed, idx.start, batch_size, device, loaded.autocast)
                 written = write_samples(
-                    loaded, vols.numpy(), [k] * len(idx), list(idx), seed, out_dir, fmt, meshes, overwrite=overwrite
+                    loaded,
+                    loaded.finish(vols.numpy()),
+                    [k] * len(idx),
+                    list(idx),
+                    seed,
+                    out_dir,
+                    fmt,
+                    meshes,
+                    overwrite=overwrite,
                 )
                 total += len(written)
     except KeyboardInterrupt:

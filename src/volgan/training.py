@@ -161,6 +161,7 @@ class Trainer:
             "intensity_range": [float(v) for v in self.data.intensity_range],
             "spacing": float(self.data.spacing),
             "affine": np.asarray(self.data.affine, dtype=np.float64).tolist(),
+            "cleanup": None if sv.cleanup is None else sv.cleanup.to_dict(),
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "ema": self.ema.ready(seed=self.cfg.seed).state_dict(),
@@ -287,12 +288,12 @@ class Trainer:
         )
 
     def preview(self) -> dict[str, np.ndarray]:
-        """Two EMA samples per class from fixed latents (same every call): class name -> (2, S, S, S)."""
+        """Two EMA samples per class from fixed latents, as ``volgan sample`` gives them: name -> (2, S, S, S)."""
         from volgan.sampling import preview
 
         names = self.data.class_names if self.num_classes else ["samples"]
         generator = self.ema.ready(seed=self.cfg.seed)
-        return preview(generator, names, seed=self.cfg.seed, device=self.device, autocast=self.autocast)
+        return preview(generator, names, self.cfg.seed, self.device, self.autocast, self.services.cleanup)
 
     @property
     def surface_level(self) -> float | None:

@@ -54,6 +54,8 @@ def test_occupancy_grids_are_planned_as_the_3dgan_with_binary_data() -> None:
     assert plan.value("model.family") == "dcgan" and plan.value("data.binary") is True
     assert "two values" in next(c.reason for c in plan.choices if c.key == "model.family")
     assert build_config(plan.overrides(), "<plan>").model.output_head == "resize"
+    assert build_config(plan.overrides(), "<plan>").sample.clean is True
+    assert "pieces" in next(c.reason for c in plan.choices if c.key == "sample.clean")
 
 
 def test_masks_on_a_finer_grid_than_planned_are_resampled_intensities_for_the_wgan_gp() -> None:
@@ -75,6 +77,7 @@ def test_intensities_are_planned_as_the_conditional_wgan_gp() -> None:
     assert plan.value("model.ac_weight") == 1.0  # two classes: the auxiliary-classifier head
     assert plan.value("model.output_head") == "resize"
     assert "fewer holes" in next(c.reason for c in plan.choices if c.key == "model.output_head")
+    assert plan.value("sample.clean") is True  # specks removed, intensities elsewhere kept
     assert "data.binary" not in plan.overrides()["data"]
     one = make_plan(_fp(edge=64, classes=1), 30, timer=_timer(0.05))
     assert one.value("model.ac_weight") == 0.0

@@ -95,7 +95,7 @@ def _synthetic_from_checkpoint(args: argparse.Namespace, cfg: DataConfig, device
 
     from volgan.sampling import generate, load_generator
 
-    loaded = load_generator(args.checkpoint, ema=True, device=device)
+    loaded = load_generator(args.checkpoint, ema=True, device=device, clean=not args.raw)
     if loaded.size != cfg.size:
         raise VolganError(
             f"{loaded.checkpoint}: the generator makes {loaded.size}³ volumes, the classifier takes {cfg.size}³"
@@ -105,7 +105,8 @@ def _synthetic_from_checkpoint(args: argparse.Namespace, cfg: DataConfig, device
     vols, labels = [], []
     for k in range(loaded.num_classes):
         y = torch.full((args.n_per_class,), k, dtype=torch.long)
-        vols.append(as_loaded(generate(loaded.generator, y, args.seed, 0, 8, device, loaded.autocast).numpy(), cfg))
+        raw = generate(loaded.generator, y, args.seed, 0, 8, device, loaded.autocast).numpy()
+        vols.append(as_loaded(loaded.finish(raw), cfg))
         labels.append(np.full(args.n_per_class, k))
     source = f"{loaded.checkpoint} (EMA, step {loaded.step}, {args.n_per_class} per class, seed {args.seed})"
     return Labelled(np.concatenate(vols), np.concatenate(labels), list(loaded.class_names), source)

@@ -35,7 +35,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ctx = distributed.env_context()  # under torchrun: each rank writes its share of the volumes
     device = distributed.rank_device(ctx, resolve_device(args.device))
     perf.configure_backend(PerfConfig(), device)
-    loaded = load_generator(args.checkpoint, ema=args.ema, device=device)
+    loaded = load_generator(args.checkpoint, ema=args.ema, device=device, clean=not args.raw)
     if args.threshold is not None:
         if not 0.0 <= args.threshold <= 1.0:
             raise VolganError(f"--threshold must be in [0, 1], got {args.threshold}")
