@@ -42,8 +42,8 @@ RESIZE_REASON = (
 # Samples cleaned as the training data are clean (docs/planner.md: re-scored checkpoints, both sets).
 CLEAN_REASON = (
     "pieces smaller than the training volumes hold are removed (occupancy data written 0/1, pin-holes closed where "
-    "the training volumes have none): in 9 re-scored runs 1.0-1.2 pieces per volume at the end in 7 (real 1.0-1.07, "
-    "2.3-30 as generated), judge-FD lower in 7, voxel W1 at or under its reference on occupancy data"
+    "the training volumes have none): in 10 re-scored runs 1.0-1.2 pieces per volume at the end in 8 (real "
+    "1.0-1.07, 2.3-212 as generated), judge-FD lower in 7 and in every one with this plan's head on occupancy data"
 )
 
 
