@@ -32,7 +32,10 @@ Every point's weights stay in ``OUT/runs/`` (volgan: the checkpoint its chunk en
 yardstick: ``runs/yardstick/point_K.pt``), so a finished run can be scored again on more splits
 without training: the same command with ``--rescore OUT/time_to_quality.json --splits 5`` (same
 ``--out``, so the cached judge is reused) writes ``OUT/time_to_quality_rescored.{json,png}`` and
-``OUT/time_to_quality_rescored_samples.png``.
+``OUT/time_to_quality_rescored_samples.png``. Volumes are scored as ``volgan sample`` gives them
+(cleaned where the run set ``sample.clean``); ``--clean train`` cleans every contender's volumes as
+the training split implies (runs from before ``sample.clean``, the yardstick's), ``--clean off``
+none (the files get a ``_clean-train`` / ``_clean-off`` suffix).
 """
 
 from __future__ import annotations

@@ -30,8 +30,7 @@ class Cleanup:
     """What cleaning does to volumes in [-1, 1]: ``level`` (foreground above it), ``min_piece``
     (pieces of fewer voxels go, a volume's largest stays), ``binary`` (occupancy data: out as
     {-1, 1}; otherwise a removed piece and its brighter-than-background rim take the median of
-    its volume's background) and ``close``
-    (occupancy data: the foreground closed by a 3³ cube first)."""
+    its volume's background) and ``close`` (occupancy data: the foreground closed by a 3³ cube first)."""
 
     level: float
     min_piece: int
@@ -44,6 +43,7 @@ class Cleanup:
         return np.stack([self.one(v) for v in vols]) if len(vols) else vols.copy()
 
     def one(self, volume: np.ndarray) -> np.ndarray:
+        """One (S, S, S) volume in [-1, 1], cleaned."""
         from skimage.measure import label
 
         mask = volume > self.level
