@@ -67,8 +67,7 @@ class Cleanup:
         sizes = np.bincount(pieces[mask], minlength=int(pieces.max()) + 1)
         sizes[0] = 0  # the background is no piece
         keep = sizes >= self.min_piece
-        keep[int(np.argmax(sizes))] = sizes.max() > 0  # the largest piece always stays
-        keep[0] = False
+        keep[int(np.argmax(sizes))] = sizes.max() > 0  # the largest piece always stays (never the background)
         return keep[pieces]
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,19 +97,20 @@ def measure(volumes: np.ndarray, binary: bool, threshold: float) -> Cleanup:
     data that a closing changes by at most :data:`MASS` of their foreground."""
     from skimage.measure import label
 
+    from volgan.config import surface_level
     from volgan.evaluation.structure import otsu_level
 
     n = len(volumes)
     picked = np.asarray([volumes[i] for i in np.linspace(0, n - 1, min(n, MAX_VOLUMES)).round().astype(int)])
-    level = 2.0 * threshold - 1.0 if binary else otsu_level(picked)
+    level = surface_level(threshold) if binary else otsu_level(picked)
     sizes = np.concatenate([np.bincount(label(v > level, connectivity=3).reshape(-1))[1:] for v in picked])
-    sizes = np.sort(sizes[sizes > 0])
+    sizes = np.sort(sizes)  # every label is a piece of at least one voxel
     if not sizes.size:
         return Cleanup(level, 1, binary)
     within = np.cumsum(sizes) <= MASS * sizes.sum()  # the smallest pieces, up to MASS of the foreground
-    cut = int(sizes[within.sum()]) if within.sum() < sizes.size else int(sizes[-1])
-    changed = sum(int((closed(v > level) != (v > level)).sum()) for v in picked) if binary else sizes.sum()
-    return Cleanup(float(level), max(1, cut), binary, bool(changed <= MASS * sizes.sum()))
+    cut = int(sizes[int(within.sum())])  # the first piece past MASS (the whole foreground is more)
+    close = binary and sum(int((closed(v > level) != (v > level)).sum()) for v in picked) <= MASS * sizes.sum()
+    return Cleanup(float(level), max(1, cut), binary, bool(close))
 
 
 def grown(mask: np.ndarray) -> np.ndarray:
