@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from volgan.evaluation.structure import PCASpace, holes, otsu_level, pca_fd, pooled, speckle
+from volgan.evaluation.structure import PCASpace, holes, otsu_level, pca_fd, pooled, speckle, structure_spread
 
 
 def test_speckle_counts_components_and_the_share_in_small_ones() -> None:
@@ -68,3 +68,18 @@ def test_holes_counts_through_holes_and_cavities() -> None:
     edge[:, :, :2] = 1.0  # a slab on the grid's face: no hole, though its background touches the edge
     edge[3:5, 3:5, :2] = -1.0  # ... until one goes through it
     assert holes(edge[None], level=0.0) == {"holes": 1.0}
+
+
+def test_structure_spread_is_how_far_apart_two_real_halves_are() -> None:
+    solid = np.full((12, 12, 12), -1.0, dtype=np.float32)
+    solid[2:10, 2:10, 2:10] = 1.0
+    holed = solid.copy()
+    holed[4:6, 4:6, 2:10] = -1.0  # one through-hole
+    labels = np.arange(8) % 2
+    same = structure_spread(np.stack([solid] * 8), labels, level=0.0, n_splits=5)
+    assert same == {"components": 1.0, "speckle_share": 1.0, "holes": 1.0}  # empty speckle: halves agree
+    mixed = np.stack([holed, solid, holed, holed, solid, solid, holed, solid])  # two holed volumes per class
+    spread = structure_spread(mixed, labels, level=0.0, n_splits=20)
+    assert spread["components"] == 1.0 and 1.0 < spread["holes"] < np.inf
+    one = np.stack([holed] + [solid] * 7)  # only one half can hold the hole
+    assert structure_spread(one, labels, level=0.0, n_splits=5)["holes"] == np.inf
