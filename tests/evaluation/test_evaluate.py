@@ -191,7 +191,7 @@ def test_speckle_holes_and_the_pca_space_are_reported_beside_real(
         )
         assert spotted["components"] > clean["components"] + 5 and spotted["speckle_share"] > clean["speckle_share"]
         assert abs(clean["components"] - real["components"]) < 0.5 * spotted["components"]
-        assert set(real) == {"components", "speckle_share", "holes"}
+        assert set(real) == {"components", "speckle_share", "holes", "tunnels", "cavities"}
     pca = st["structure"]["pca"]
     assert pca["pca_fd_ref"] > 0 and pca["pca_fd"] > 0
     report = (phantom_setup["root"] / "report_speckled" / "report.md").read_text()

@@ -87,10 +87,10 @@ def otsu_level(volumes: np.ndarray, at_most: int = 1 << 20) -> float:
     return float(threshold_otsu(flat[:: max(1, flat.size // at_most)]))
 
 
-def _pieces(v: np.ndarray, level: float, small: int) -> tuple[int, float, int]:
+def _pieces(v: np.ndarray, level: float, small: int) -> tuple[int, float, int, int, int]:
     """One volume's 26-connected foreground pieces above ``level``, the share of its foreground in
-    pieces under ``small`` voxels (0 when empty), and its holes: tunnels plus cavities, from the Euler
-    number ``pieces - tunnels + cavities`` (the background 6-connected), all from one labelling."""
+    pieces under ``small`` voxels (0 when empty), its holes, and those as tunnels and cavities (from the
+    Euler number ``pieces - tunnels + cavities``, the background 6-connected), all from one labelling."""
     from skimage.measure import euler_number, label
 
     mask = np.pad(v > level, 1)  # a background border: whatever touches the grid's edge is outside
@@ -99,22 +99,24 @@ def _pieces(v: np.ndarray, level: float, small: int) -> tuple[int, float, int]:
     share = float(sizes[sizes < small].sum() / sizes.sum()) if n else 0.0
     cavities = int(label(~mask, connectivity=1).max()) - 1  # background pieces other than the outside
     tunnels = n + cavities - int(euler_number(mask, connectivity=3))
-    return n, share, tunnels + cavities
+    return n, share, tunnels + cavities, tunnels, cavities
 
 
-MEASURES = ("components", "speckle_share", "holes")
+MEASURES = ("components", "speckle_share", "holes", "tunnels", "cavities")
 
 
 def per_volume(volumes: np.ndarray, level: float, small: int = SMALL_COMPONENT) -> np.ndarray:
-    """(N, 3): each volume's :data:`MEASURES` (see :func:`structure`)."""
-    return np.array([_pieces(v, level, small) for v in np.asarray(volumes)], dtype=np.float64).reshape(-1, 3)
+    """(N, 5): each volume's :data:`MEASURES` (see :func:`structure`)."""
+    rows = [_pieces(v, level, small) for v in np.asarray(volumes)]
+    return np.array(rows, dtype=np.float64).reshape(-1, len(MEASURES))
 
 
 def structure(volumes: np.ndarray, level: float, small: int = SMALL_COMPONENT) -> dict[str, float]:
     """Means over volumes: ``components`` (pieces above ``level``), ``speckle_share`` (foreground in
-    pieces under ``small`` voxels) and ``holes`` (through-holes and enclosed cavities)."""
+    pieces under ``small`` voxels), ``holes`` (through-holes and enclosed cavities) and the two kinds
+    apart: ``tunnels`` (perforations, as in a broken slab) and ``cavities`` (enclosed background)."""
     values = per_volume(volumes, level, small)
-    means = values.mean(axis=0) if len(values) else np.zeros(3)
+    means = values.mean(axis=0) if len(values) else np.zeros(len(MEASURES))
     return dict(zip(MEASURES, map(float, means), strict=True))
 
 
