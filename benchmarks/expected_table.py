@@ -59,12 +59,12 @@ def row(label: str, runs: list[dict[str, Any]]) -> str:
     minutes = _median([r["settings"]["minutes"] for r in runs])
     pieces = [p["components"] for p in last if p.get("components") is not None]
     pieces_real = [p["components_real"] for p in last if p.get("components_real") is not None]
-    spk = f"{_median(pieces):.2f} ({_median(pieces_real):.2f})" if len(pieces) == len(last) else "–"
+    pieces_cell = f"{_median(pieces):.2f} ({_median(pieces_real):.2f})" if len(pieces) == len(last) else "–"
     return (
         f"| {label} | {minutes:g} min | {len(runs)} | {_median([p['steps'] for p in last]):.0f} | "
         f"{', '.join(names[f] for f in sorted(family))} | {_median([p['fd_ratio'] for p in last]):.2f} | "
         f"{_median([p['pca_fd_ratio'] for p in last]):.2f} | "
-        f"{_median([p['recall'] for p in last]):.2f} | {_median([p['coverage'] for p in last]):.2f} | {spk} |"
+        f"{_median([p['recall'] for p in last]):.2f} | {_median([p['coverage'] for p in last]):.2f} | {pieces_cell} |"
     )
 
 

@@ -237,7 +237,7 @@ class Scorer:
     keeps a few slices of each scored set for the samples figure (``shown``: (source, slices))."""
 
     def __init__(self, ds: Dataset, judge: Any, meta: dict[str, Any], a: argparse.Namespace, device: Any) -> None:
-        from volgan.evaluation.structure import PCASpace, otsu_level, structure, structure_spread
+        from volgan.evaluation.structure import PCASpace, mean_structure, otsu_level, per_volume, structure_spread
 
         self.ds, self.judge, self.meta, self.a, self.device = ds, judge, meta, a, device
         self.shown: list[tuple[str, np.ndarray]] = []
@@ -245,9 +245,10 @@ class Scorer:
         self.pca = PCASpace.fit(np.asarray(ds.train.volumes), seed=a.seed)
         self.real_pca = self.pca.features(ds.held_out.volumes)  # once: the held-out set never changes
         self.level = otsu_level(ds.held_out.volumes)
-        self.real_structure = {f"{k}_real": v for k, v in structure(ds.held_out.volumes, self.level).items()}
+        real = per_volume(ds.held_out.volumes, self.level)  # labelled once for the means and the spread
+        self.real_structure = {f"{k}_real": v for k, v in mean_structure(real).items()}
         # how far two halves of the held-out set are apart in each: real data's own spread
-        spread = structure_spread(ds.held_out.volumes, ds.held_out.labels, self.level, seed=a.seed)
+        spread = structure_spread(real, ds.held_out.labels, seed=a.seed)
         self.real_structure |= {f"{k}_real_spread": v for k, v in spread.items()}
         told = (f"{k} {self.real_structure[k + '_real']:.3g} (halves within {v:.2f}x)" for k, v in spread.items())
         print("structure of the held-out set: " + ", ".join(told), file=sys.stderr)

@@ -8,6 +8,7 @@ from volgan.evaluation.structure import (
     holes,
     otsu_level,
     pca_fd,
+    per_volume,
     pooled,
     speckle,
     structure,
@@ -87,10 +88,10 @@ def test_structure_spread_is_how_far_apart_two_real_halves_are() -> None:
     holed = solid.copy()
     holed[4:6, 4:6, 2:10] = -1.0  # one through-hole
     labels = np.arange(8) % 2
-    same = structure_spread(np.stack([solid] * 8), labels, level=0.0, n_splits=5)
+    same = structure_spread(per_volume(np.stack([solid] * 8), level=0.0), labels, n_splits=5)
     assert set(same.values()) == {1.0}  # every measure; empty speckle and no holes: the halves agree
     mixed = np.stack([holed, solid, holed, holed, solid, solid, holed, solid])  # two holed volumes per class
-    spread = structure_spread(mixed, labels, level=0.0, n_splits=20)
+    spread = structure_spread(per_volume(mixed, level=0.0), labels, n_splits=20)
     assert spread["components"] == 1.0 and 1.0 < spread["holes"] < np.inf
     one = np.stack([holed] + [solid] * 7)  # only one half can hold the hole
-    assert structure_spread(one, labels, level=0.0, n_splits=5)["holes"] == np.inf
+    assert structure_spread(per_volume(one, level=0.0), labels, n_splits=5)["holes"] == np.inf

@@ -115,19 +115,21 @@ def structure(volumes: np.ndarray, level: float, small: int = SMALL_COMPONENT) -
     """Means over volumes: ``components`` (pieces above ``level``), ``speckle_share`` (foreground in
     pieces under ``small`` voxels), ``holes`` (through-holes and enclosed cavities) and the two kinds
     apart: ``tunnels`` (perforations, as in a broken slab) and ``cavities`` (enclosed background)."""
-    values = per_volume(volumes, level, small)
+    return mean_structure(per_volume(volumes, level, small))
+
+
+def mean_structure(values: np.ndarray) -> dict[str, float]:
+    """:func:`per_volume`'s rows averaged, by measure name (zeros for no volumes)."""
     means = values.mean(axis=0) if len(values) else np.zeros(len(MEASURES))
     return dict(zip(MEASURES, map(float, means), strict=True))
 
 
-def structure_spread(
-    volumes: np.ndarray, labels: np.ndarray, level: float, n_splits: int = 20, seed: int = 0
-) -> dict[str, float]:
-    """How far apart two halves of one real set are in each of :data:`MEASURES`: over ``n_splits``
-    class-stratified half splits, the 90th percentile of the larger half's mean over the smaller's
-    (1.0: the halves always agree; ``inf`` where one half has none of what the other has). A synthetic
-    set's measure within this factor of real's is as close as real data are to themselves."""
-    values = per_volume(volumes, level)
+def structure_spread(values: np.ndarray, labels: np.ndarray, n_splits: int = 20, seed: int = 0) -> dict[str, float]:
+    """How far apart two halves of one real set are in each of :data:`MEASURES`, from its
+    :func:`per_volume` rows: over ``n_splits`` class-stratified half splits, the 90th percentile of
+    the larger half's mean over the smaller's (1.0: the halves always agree; ``inf`` where one half
+    has none of what the other has). A synthetic set's measure within this factor of real's is as
+    close as real data are to themselves."""
     factors = []
     for r in range(n_splits):
         a, b = real_vs_real_split(len(values), labels, seed=seed + r)
