@@ -293,7 +293,7 @@ def check_compatible(saved: dict[str, Any], cfg: Config, where: Path) -> None:
 
 
 # train keys newer than some checkpoints, with the value every run before them trained with
-_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "mode_seeking_end": None}
+_TRAIN_KEYS_ADDED_LATER = {"mode_seeking": 0.0, "mode_seeking_end": None, "lr_decay_to": 0.0}
 _WGAN_GP_KEYS_ADDED_LATER = {"gp_every": 1}
 
 

@@ -256,8 +256,12 @@ class TrainConfig(_Section):
     for some 9000 updates with ema_decay 0.999; 4: the last third; measurements: docs/diversity_measurements.md)"""
     lr_decay: Literal["none", "linear"] = "none"
     """learning rates of both networks: none (constant) or linear: base * (1 - the part of the run done),
-    0 at the end, as in Gulrajani et al. 2017's code. The part done is step / train.steps, or the part of
-    train.budget_minutes trained if that is larger (a resumed run continues it); max_minutes does not move it"""
+    0 at the end as in Gulrajani et al. 2017's code (or to train.lr_decay_to of base). The part done is
+    step / train.steps, or the part of train.budget_minutes trained if that is larger (a resumed run
+    continues it); max_minutes does not move it"""
+    lr_decay_to: float = Field(0.0, ge=0, lt=1)
+    """with lr_decay linear: the rates' share of their base at the end of the run (0: they reach 0; 0.5: they
+    fall in a straight line to half), for runs too short to polish at rates near 0"""
     max_minutes: float | None = Field(None, gt=0)
     """wall-clock limit of this invocation, after which it stops with a checkpoint; a resumed run gets it
     afresh"""
@@ -266,7 +270,7 @@ class TrainConfig(_Section):
     checkpoint) and, for a new run of volgan train / volgan.train, from the command's start (planning and
     reading the data count, up to half of it); the run stops with a checkpoint when it is spent (keeping
     room for that checkpoint and the figures, timed from the last ones), and a resumed run whose budget
-    is spent trains no step. With lr_decay linear the rates reach 0 there: the
+    is spent trains no step. With lr_decay linear the rates reach train.lr_decay_to there: the
     decay fits a time budget without knowing the machine's seconds per step"""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """what a NaN or Inf loss does: stop (naming the step and the last good checkpoint) or skip the update"""

@@ -22,7 +22,7 @@ class StepPlan:
     part_done: float
     """the part of the run done: step / train.steps, or of train.budget_minutes if larger (0 .. 1)"""
     lr_scale: float
-    """multiplies train.lr_g and train.lr_d (1 without a decay)"""
+    """multiplies train.lr_g and train.lr_d (1 without a decay; train.lr_decay_to at the end of a linear one)"""
     mode_seeking: float
     instance_noise: float
     level: int | None
@@ -57,7 +57,7 @@ def step_plan(t: TrainConfig, step: int, trained_seconds: float, growth: GrowthS
     return StepPlan(
         step=step,
         part_done=done,
-        lr_scale=1.0 - done if t.lr_decay == "linear" else 1.0,
+        lr_scale=1.0 - done * (1.0 - t.lr_decay_to) if t.lr_decay == "linear" else 1.0,
         mode_seeking=ms,
         instance_noise=noise,
         level=level,

@@ -14,10 +14,10 @@ import yaml
 from volgan.config import DataConfig, build_config
 from volgan.errors import ConfigError
 from volgan.planning import Fingerprint, StepTime, fingerprint_path, fingerprint_volumes, make_plan
-from volgan.planning.planner import MIN_STEPS, WIDE_STEPS
+from volgan.planning.planner import MIN_STEPS, POLISH_STEPS, WIDE_STEPS
 from volgan.planning.probe import scaled, time_config
 from volgan.planning.setup import planned_config, resolve_config, write_plan
-from volgan.schedule import part_done
+from volgan.schedule import part_done, step_plan
 
 
 def _fp(*, occupancy: bool = False, edge: int = 64, classes: int = 2) -> Fingerprint:
@@ -113,6 +113,17 @@ def test_a_budget_short_of_the_steps_needed_says_so_and_how_long_would_do() -> N
     assert "~600 steps are fewer than 1000" in next(c.reason for c in plan.choices if c.key == "train.lr_decay")
     enough = make_plan(_fp(edge=32), 30, timer=_timer(0.3))
     assert not enough.notes and enough.value("train.lr_decay") == "linear"
+    assert "lr_decay_to" not in enough.overrides()["train"]  # ~6000 steps: the rates reach 0
+
+
+def test_rates_in_a_run_short_of_polishing_stop_part_way() -> None:
+    plan = make_plan(_fp(edge=32), 7.5, timer=_timer(0.3))  # ~1500 steps: enough to decay, too few to reach 0
+    assert plan.value("train.lr_decay") == "linear"
+    assert plan.value("train.lr_decay_to") == pytest.approx(1 - plan.predicted_steps / POLISH_STEPS, abs=0.01)
+    assert 0.5 < plan.value("train.lr_decay_to") < 0.7
+    assert "fewer than the ~4000" in next(c.reason for c in plan.choices if c.key == "train.lr_decay_to")
+    cfg = build_config(plan.overrides(), "<plan>")
+    assert step_plan(cfg.train, 0, 60 * 7.5).lr_scale == pytest.approx(plan.value("train.lr_decay_to"))
 
 
 def test_small_volumes_are_not_upsampled_beyond_a_quarter() -> None:

@@ -23,6 +23,13 @@ def test_linear_decay_and_mode_seeking_end_follow_the_larger_of_steps_and_budget
     assert part_done(TrainConfig(steps=10), 20, 0.0) == 1.0
 
 
+def test_linear_decay_stops_at_lr_decay_to_and_leaves_the_mode_seeking_clock_alone() -> None:
+    t = TrainConfig(steps=100, lr_decay="linear", lr_decay_to=0.6, mode_seeking=1.0, mode_seeking_end=0.0)
+    assert [step_plan(t, s, 0.0).lr_scale for s in (0, 50, 100)] == pytest.approx([1.0, 0.8, 0.6])
+    assert step_plan(t, 50, 0.0).mode_seeking == pytest.approx(0.5)
+    assert step_plan(TrainConfig(steps=100, lr_decay_to=0.6), 100, 0.0).lr_scale == 1.0  # no decay: constant
+
+
 def test_instance_noise_anneals_to_zero() -> None:
     t = TrainConfig(dcgan=DCGANTrainConfig(instance_noise=0.2, instance_noise_steps=4))
     assert [step_plan(t, s, 0.0).instance_noise for s in range(6)] == pytest.approx([0.2, 0.15, 0.1, 0.05, 0, 0])

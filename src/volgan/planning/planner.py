@@ -24,6 +24,9 @@ DEFAULT_MINUTES = 30.0
 MIN_STEPS = {"wgan_gp": 1000, "dcgan": 2000}
 # The full widths (32) only where the budget holds this many of their steps (planned, not measured).
 WIDE_STEPS = {"wgan_gp": 3000, "dcgan": 6000}
+# WGAN-GP rates fall to 0 only where the budget holds this many steps; in a shorter run they stop part-way,
+# at 1 - steps / POLISH_STEPS of their start (docs/planner.md, the train.lr_decay rule).
+POLISH_STEPS = 4000
 GRIDS = (32, 64, 128)
 # A GPU candidate is planned only if its step's peak memory stays under this share of the device's.
 MEMORY_SHARE = 0.8
@@ -393,12 +396,20 @@ def _recipe(
             "lr_decay": "none" if short else "linear",  # rates falling to 0 within too few steps were far behind
             "ema_decay": 0.999,
         }
+        if not short and decay_to(steps // STEPS_MARGIN):
+            train["lr_decay_to"] = decay_to(steps // STEPS_MARGIN)
         if grid <= 32:
             train["mode_seeking_end"] = 0.0
         model = {"family": "wgan_gp", "ngf": width, "ndf": width, "ac_weight": 1.0 if conditional else 0.0}
     model["output_head"] = "resize"
     train |= {"budget_minutes": minutes, "steps": steps}
     return {"data": data, "model": model, "train": train, "sample": {"clean": True}}
+
+
+def decay_to(predicted: int) -> float:
+    """train.lr_decay_to for a WGAN-GP run of ``predicted`` steps: 0 from POLISH_STEPS on, rising
+    towards 1 (constant rates) as the run gets shorter."""
+    return round(max(0.0, 1.0 - predicted / POLISH_STEPS), 2)
 
 
 def _reasons(
@@ -452,7 +463,7 @@ def _reasons(
         if d.width <= 16
         else "5: the seed design at full widths",
         "train.mode_seeking": "the mode-seeking term ends the collapse onto one volume per class",
-        "train.lr_decay": "both rates fall linearly to 0 at the end of the budget"
+        "train.lr_decay": "both rates fall linearly to train.lr_decay_to of their start at the end of the budget"
         if predicted >= MIN_STEPS[family]
         else f"constant rates: ~{predicted} steps are fewer than {MIN_STEPS[family]}, and rates falling to 0 "
         "within so few steps were far behind constant ones (measured)",
@@ -463,6 +474,11 @@ def _reasons(
         "train.ema_decay": "samples from the exponential moving average of the generator (warm-up over the run)",
         "model.ac_weight": "an auxiliary-classifier head keeps the class" if conditional else "one class: no head",
     }
+    if predicted >= MIN_STEPS[family] and decay_to(predicted):
+        r["train.lr_decay_to"] = (
+            f"~{predicted} steps are fewer than the ~{POLISH_STEPS} a decay to 0 was measured ahead with; "
+            "falling to 0 within ~1450 steps was far behind one that stopped part-way (measured)"
+        )
     if d.grid <= 32:
         r["train.mode_seeking_end"] = "at 32³ and below the term falls to 0 over the run: it clears the speckle"
     return r
