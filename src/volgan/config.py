@@ -172,6 +172,10 @@ class ModelConfig(_Section):
     """the generator's last layer: transposed (a 4³ transposed convolution with stride 2, the seed design) or
     resize (nearest-neighbour up-sampling then a 3³ convolution, which cannot leave a checkerboard of
     isolated voxels; both families)"""
+    stage_upsampling: Literal["transposed", "resize"] = "transposed"
+    """the generator's up-sampling stages before its last layer: transposed (4³ transposed convolutions with
+    stride 2, the seed design) or resize (nearest-neighbour up-sampling then a 3³ convolution, as the resize
+    head; both families)"""
 
 
 class WGANGPTrainConfig(_Section):

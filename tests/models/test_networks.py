@@ -136,6 +136,26 @@ def test_both_families_build_the_resize_head(family: str) -> None:
     assert gen(torch.randn(2, 8), torch.tensor([0, 1])).shape == (2, 1, 16, 16, 16)
 
 
+@pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])
+def test_resize_stages_replace_every_transposed_up_sampling_and_leave_no_checkerboard(family: str) -> None:
+    """With ``stage_upsampling="resize"`` no stride-2 transposed convolution is left in the generator
+    (the stem's dense 1³ -> base³ layer is not an up-sampling), and its stages, fed spatially constant
+    features, give spatially constant features away from the border."""
+    torch.manual_seed(0)
+    gen = (Generator if family == "wgan_gp" else DCGANGenerator)(
+        size=32, latent_dim=8, num_classes=2, ngf=4, embed_dim=4, output_head="resize", stage_upsampling="resize"
+    )
+    strided = [m for m in gen.modules() if isinstance(m, torch.nn.ConvTranspose3d) and m.stride == (2, 2, 2)]
+    assert strided == []
+    assert sum(isinstance(m, ResizeConv3d) for m in gen.modules()) == 3  # 4³ -> 8³ -> 16³, then the head
+    assert gen(torch.randn(2, 8), torch.tensor([0, 1])).shape == (2, 1, 32, 32, 32)
+    stage = next(m for m in gen.modules() if isinstance(m, ResizeConv3d))
+    out = stage(torch.ones(1, stage.conv.in_channels, 6, 6, 6))[:, :, 2:-2, 2:-2, 2:-2]
+    torch.testing.assert_close(out, out[:, :, :1, :1, :1].expand_as(out), rtol=0, atol=1e-6)
+    plain = (Generator if family == "wgan_gp" else DCGANGenerator)(size=32, latent_dim=8, ngf=4)
+    assert sum(isinstance(m, torch.nn.ConvTranspose3d) and m.stride == (2, 2, 2) for m in plain.modules()) == 3
+
+
 def test_the_resize_heads_fast_path_is_the_up_sampling_and_convolution() -> None:
     """The fast path (a tied transposed kernel at the coarse grid) gives the same volume and gradients
     as nearest up-sampling followed by the 3³ convolution, borders included (float64)."""

@@ -29,7 +29,9 @@ def build_models(
     m, size, grow_from = cfg.model, cfg.data.size, cfg.experimental.grow_from
     if m.family == "dcgan":
         return (
-            DCGANGenerator(size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.output_head),
+            DCGANGenerator(
+                size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.output_head, m.stage_upsampling
+            ),
             DCGANDiscriminator(
                 size, num_classes, m.ndf, m.max_channels, m.minibatch_std, aux_classifier=m.ac_weight > 0
             ),
@@ -45,6 +47,7 @@ def build_models(
             m.mapping_layers,
             grow_from,
             m.output_head,
+            m.stage_upsampling,
         ),
         Critic(
             size,

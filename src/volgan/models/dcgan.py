@@ -17,7 +17,7 @@ from torch import nn
 
 from volgan.config import grid_stages
 from volgan.growth import Growing
-from volgan.models.layers import StemConvTranspose3d, class_embedding, output_layer
+from volgan.models.layers import StemConvTranspose3d, class_embedding, output_layer, up_layer
 from volgan.models.wgan_gp import stage_channels
 
 
@@ -60,6 +60,7 @@ class DCGANGenerator(Growing):
         embed_dim: int = 64,
         max_channels: int = 512,
         output_head: str = "transposed",
+        stage_upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         self.size, self.latent_dim, self.num_classes = size, latent_dim, num_classes
@@ -73,7 +74,7 @@ class DCGANGenerator(Growing):
             nn.ReLU(inplace=True),
         ]
         for a, b in itertools.pairwise(chans):
-            layers += [nn.ConvTranspose3d(a, b, 4, 2, 1, bias=False), nn.BatchNorm3d(b), nn.ReLU(inplace=True)]
+            layers += [up_layer(a, b, stage_upsampling), nn.BatchNorm3d(b), nn.ReLU(inplace=True)]
         layers += [output_layer(chans[-1], output_head)]
         self.net = nn.Sequential(*layers)
         self.apply(init_dcgan_weights)

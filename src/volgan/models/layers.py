@@ -202,6 +202,13 @@ class ResizeConv3d(nn.Module):
         return subpixel_conv_transpose3d(x, tied.contiguous(), self.conv.bias)
 
 
+def up_layer(in_channels: int, out_channels: int, kind: str) -> nn.Module:
+    """A generator stage's 2x up-sampling convolution without bias (``model.stage_upsampling``)."""
+    if kind == "resize":
+        return ResizeConv3d(in_channels, out_channels, bias=False)
+    return nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+
+
 def output_layer(in_channels: int, kind: str) -> nn.Module:
     """The generator's last layer, features at half the grid -> one channel at the grid (``model.output_head``)."""
     if kind == "resize":

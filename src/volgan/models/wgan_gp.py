@@ -20,6 +20,7 @@ from volgan.models.layers import (
     SubpixelConvTranspose3d,
     class_embedding,
     output_layer,
+    up_layer,
 )
 
 
@@ -78,9 +79,9 @@ class MappingNetwork(nn.Module):
 
 
 class _UpStage(nn.Module):
-    def __init__(self, c_in: int, c_out: int, cond_dim: int) -> None:
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, upsampling: str = "transposed") -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose3d(c_in, c_out, 4, stride=2, padding=1, bias=False)
+        self.conv = up_layer(c_in, c_out, upsampling)
         self.norm = ConditionalInstanceNorm3d(c_out, cond_dim)
         self.act = nn.ReLU(inplace=True)
 
@@ -108,6 +109,7 @@ class Generator(Growing):
         mapping_layers: int = 0,
         grow_from: int | None = None,
         output_head: str = "transposed",
+        stage_upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         self.size, self.latent_dim, self.num_classes = size, latent_dim, num_classes
@@ -122,7 +124,7 @@ class Generator(Growing):
         # A transposed conv with kernel `base` on a 1³ input is a dense layer to a base³ block.
         self.stem = StemConvTranspose3d(latent_dim + class_dim, chans[0], base, bias=False)
         self.stem_norm = ConditionalInstanceNorm3d(chans[0], cond_dim)
-        self.stages = nn.ModuleList(_UpStage(a, b, cond_dim) for a, b in itertools.pairwise(chans))
+        self.stages = nn.ModuleList(_UpStage(a, b, cond_dim, stage_upsampling) for a, b in itertools.pairwise(chans))
         self.to_volume = output_layer(chans[-1], output_head)
         levels = _check_growth(size, grow_from)
         self._init_growth(levels)
