@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -85,6 +86,16 @@ def test_sample_grid_with_uneven_classes_and_out_of_range_values(tmp_path: Path)
     by_class = {"a": rng.normal(0, 5, (3, 1, 12, 12, 12)), "b": rng.normal(0, 5, (1, 12, 12, 12))}
     image = _png(save_sample_grid(by_class, tmp_path / "grid.png"))
     assert image.shape[0] > 100 and image.shape[1] > 500
+
+
+def test_a_class_name_the_font_cannot_draw_gives_a_figure_without_warnings(tmp_path: Path) -> None:
+    """Folder names are the user's: a control or private-use character is drawn as a box, quietly."""
+    rng = np.random.default_rng(0)
+    by_class = {"ok\x7f\U000bfc40": rng.uniform(-1, 1, (2, 12, 12, 12)), "b": rng.uniform(-1, 1, (2, 12, 12, 12))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = _png(save_sample_grid(by_class, tmp_path / "grid.png", title="run \x19"))
+    assert image.shape[0] > 100
 
 
 def test_sample_grid_rejects_no_classes(tmp_path: Path) -> None:
