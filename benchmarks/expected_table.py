@@ -21,14 +21,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "time_to_quality"
 # (what the reader has, the runs' files: the plan as it is now, one file per seed; a run from before
-# the resize head and sample.clean counts only re-scored with its volumes cleaned, "_cleaned")
+# the resize head and sample.clean counts only re-scored with its volumes cleaned, "_cleaned"; "_decay":
+# the rates stopping part-way, train.lr_decay_to)
 ROWS = (
     ("head MRI-like intensities (150 phantoms), 64³, 3 classes", ("phantom150_30min_planned_amd_seed?.json",)),
     ("adrenal masks (AdrenalMNIST3D), 64³, 2 classes", ("adrenal64_6min_planned_amd_seed?.json",)),
-    (
-        "adrenal masks (AdrenalMNIST3D), 64³, 2 classes",
-        ("adrenal64_30min_planned_resize_amd_seed0_cleaned.json", "adrenal64_30min_planned_clean_amd_seed?.json"),
-    ),
+    ("adrenal masks (AdrenalMNIST3D), 64³, 2 classes", ("adrenal64_30min_planned_decay_amd_seed?.json",)),
     ("adrenal masks (AdrenalMNIST3D), 64³, 2 classes", ("adrenal64_60min_planned_amd_seed?.json",)),
     (
         "voxel shapes (ModelNet10 chair, monitor), 32³",
