@@ -24,7 +24,7 @@ RESULTS = REPO / "benchmarks" / "results" / "time_to_quality"
 # the resize head and sample.clean counts only re-scored with its volumes cleaned, "_cleaned"; "_decay":
 # the rates stopping part-way, train.lr_decay_to)
 ROWS = (
-    ("head MRI-like intensities (150 phantoms), 64³, 3 classes", ("phantom150_30min_planned_amd_seed?.json",)),
+    ("head MRI-like intensities (150 phantoms), 64³, 3 classes", ("phantom150_30min_planned_decay_amd_seed?.json",)),
     ("adrenal masks (AdrenalMNIST3D), 64³, 2 classes", ("adrenal64_6min_planned_amd_seed?.json",)),
     ("adrenal masks (AdrenalMNIST3D), 64³, 2 classes", ("adrenal64_30min_planned_decay_amd_seed?.json",)),
     ("adrenal masks (AdrenalMNIST3D), 64³, 2 classes", ("adrenal64_60min_planned_amd_seed?.json",)),
