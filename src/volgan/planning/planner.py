@@ -227,7 +227,7 @@ def make_plan(
     conditional = fp.num_classes >= 2
 
     def config_for(grid: int, width: int) -> dict[str, Any]:
-        cand = _recipe(family, grid, width, conditional, minutes, binary, steps=10**9)
+        cand = _recipe(family, grid, width, conditional, minutes, binary, predicted=10**8)
         return merge_dicts(cand, {"device": device, **{k: v for k, v in (user or {}).items() if k != "data"}})
 
     probe = None
@@ -255,9 +255,7 @@ def make_plan(
         )
     # occupancy on its own grid or finer stays two-valued; resampled coarser it holds partial volumes
     binary = bool(given.get("data.binary", fp.occupancy_like and fp.native_edge <= decided.grid))
-    recipe = flatten(
-        _recipe(family, decided.grid, decided.width, conditional, minutes, binary, STEPS_MARGIN * predicted, short)
-    )
+    recipe = flatten(_recipe(family, decided.grid, decided.width, conditional, minutes, binary, predicted, short))
     if fp.occupancy_like and not binary and "data.intensity_percentiles" not in given:
         recipe["data.intensity_percentiles"] = [0.0, 100.0]
     reasons = _reasons(fp, family, decided, conditional, minutes, predicted, step)
@@ -373,10 +371,17 @@ def _decide(
 
 
 def _recipe(
-    family: str, grid: int, width: int, conditional: bool, minutes: float, binary: bool, steps: int, short: bool = False
+    family: str,
+    grid: int,
+    width: int,
+    conditional: bool,
+    minutes: float,
+    binary: bool,
+    predicted: int,
+    short: bool = False,
 ) -> dict[str, Any]:
     """The full recipe for one family, grid and width (the measured settings; docs/planner.md).
-    ``short``: the budget holds fewer steps than the family needs."""
+    ``predicted``: the steps the budget holds; ``short``: fewer than the family needs."""
     data: dict[str, Any] = {"size": grid}
     if binary:
         data["binary"] = True
@@ -396,13 +401,13 @@ def _recipe(
             "lr_decay": "none" if short else "linear",  # rates falling to 0 within too few steps were far behind
             "ema_decay": 0.999,
         }
-        if not short and decay_to(steps // STEPS_MARGIN):
-            train["lr_decay_to"] = decay_to(steps // STEPS_MARGIN)
+        if not short and decay_to(predicted):
+            train["lr_decay_to"] = decay_to(predicted)
         if grid <= 32:
             train["mode_seeking_end"] = 0.0
         model = {"family": "wgan_gp", "ngf": width, "ndf": width, "ac_weight": 1.0 if conditional else 0.0}
     model["output_head"] = "resize"
-    train |= {"budget_minutes": minutes, "steps": steps}
+    train |= {"budget_minutes": minutes, "steps": STEPS_MARGIN * predicted}
     return {"data": data, "model": model, "train": train, "sample": {"clean": True}}
 
 
