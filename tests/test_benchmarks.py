@@ -171,7 +171,7 @@ def curve_file(path: Path, seed: int, contenders: dict[str, list[float]], ref: f
 
     result = {
         "settings": {"seed": seed},
-        "reference_spread": {"q90": 2 * ref},
+        "reference_spread": {"q90": 2 * ref, "median": ref},
         "contenders": {name: {"kind": "volgan", "points": points(r)} for name, r in contenders.items()},
     }
     path.write_text(json.dumps(result))
@@ -211,3 +211,23 @@ def test_compare_curves_refuses_runs_scored_against_different_references(tmp_pat
         text=True,
     )
     assert "no seed has both other (seeds none) and yardstick (seeds [0])" in missing.stderr
+
+
+def test_planned_verdicts_calls_a_point_within_reach_and_ahead_only_where_it_is(tmp_path: Path) -> None:
+    # the phantom row's files; real halves spread up to 2x the reference (q90 / median)
+    curve_file(tmp_path / "phantom64_20min_planned_decay_amd_seed0.json", 0, {"planned": [3.0, 50.0]})
+    curve_file(tmp_path / "phantom64_20min_planned_decay_amd_seed1.json", 1, {"planned": [1.5, 70.0]})
+    curve_file(tmp_path / "phantom64_20min_w16nc2_budget60_amd_seed0.json", 0, {"w16nc2decay": [10.0, 30.0]})
+    curve_file(tmp_path / "phantom64_20min_seed_design_amd_seed0.json", 0, {"volgan": [2.5, 100.0]})
+    out = run("planned_verdicts.py", "--results", str(tmp_path))
+    block = out.split("built-in phantoms")[1]
+    verdicts = [line.split(None, 5)[-1] for line in block.splitlines() if re.match(r"^\s+[01]\s+\d", line)]
+    # 3.0: below the recipe's 10 but not the seed design's 2.5; 50: under 30 x 2; 1.5: as close as real
+    # halves (<= 2); 70: past 30 x 2
+    assert verdicts == ["within, NOT ahead", "within, ahead", "within, ahead", "OUTSIDE, ahead"]
+    table = run("planned_verdicts.py", "--results", str(tmp_path), "--markdown")
+    assert (
+        "| built-in phantoms 64³, 20 min | 0, 1 | 3 of 4 points | 3 of 4 points | seed 0 at 5 min: 3.00 (recipe 10.0, "
+        "seed design 2.50); seed 1 at 10 min: 70.0 (recipe 30.0, seed design 100) |" in table
+    )
+    assert "| ModelNet10 32³, 20 min | none | 0 of 0 points | 0 of 0 points | – |" in table
