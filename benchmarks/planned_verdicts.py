@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 RESULTS = Path(__file__).resolve().parent / "results" / "time_to_quality"
 # Two points are the same point when their minutes differ by less than this.
@@ -132,18 +133,28 @@ def ahead(planned: float, spread: float, seed_design: list[float]) -> bool:
     return all(planned < s or (planned <= spread and s <= spread) for s in seed_design)
 
 
+class Verdict(NamedTuple):
+    """One planned point against the recipe's and the seed design's runs at the same minute."""
+
+    seed: int
+    minute: float
+    planned: float
+    recipe: list[float]
+    seed_design: list[float]
+    within: bool
+    ahead: bool
+
+
 @dataclass
 class Verdicts:
-    """Per planned point: (seed, minute, planned, recipe range, seed design range, within, ahead)."""
-
     row: Row
-    lines: list[tuple[int, float, float, list[float], list[float], bool, bool]]
+    lines: list[Verdict]
 
     def counts(self) -> tuple[int, int, int, int]:
         """(within, points compared with the recipe, ahead, points compared with the seed design)."""
-        rec = [ln for ln in self.lines if ln[3]]
-        sd = [ln for ln in self.lines if ln[4]]
-        return sum(ln[5] for ln in rec), len(rec), sum(ln[6] for ln in sd), len(sd)
+        rec = [v for v in self.lines if v.recipe]
+        sd = [v for v in self.lines if v.seed_design]
+        return sum(v.within for v in rec), len(rec), sum(v.ahead for v in sd), len(sd)
 
 
 def judge(row: Row, root: Path = RESULTS) -> Verdicts:
@@ -153,7 +164,9 @@ def judge(row: Row, root: Path = RESULTS) -> Verdicts:
         for minute, ratio in run.points:
             r = [v for c in recipe if (v := c.at(minute)) is not None]
             s = [v for c in design if (v := c.at(minute)) is not None]
-            lines.append((run.seed, minute, ratio, r, s, within(ratio, run.spread, r), ahead(ratio, run.spread, s)))
+            lines.append(
+                Verdict(run.seed, minute, ratio, r, s, within(ratio, run.spread, r), ahead(ratio, run.spread, s))
+            )
     return Verdicts(row, lines)
 
 
@@ -174,10 +187,11 @@ def text(v: Verdicts) -> str:
         f"{v.row.label}: planned against {v.row.recipe_label} and the seed design (FD / real-vs-real reference)",
         f"  {'seed':>4} {'min':>5} {'planned':>8} {'recipe':>12} {'seed design':>12}  verdict",
     ]
-    for seed, minute, ratio, r, s, ok, first in v.lines:
-        verdict = ("within" if ok else "OUTSIDE") if r else "no recipe point"
-        verdict += ", " + (("ahead" if first else "NOT ahead") if s else "no seed-design point")
-        out.append(f"  {seed:>4} {minute:>5.1f} {num(ratio):>8} {span(r):>12} {span(s):>12}  {verdict}")
+    for x in v.lines:
+        verdict = ("within" if x.within else "OUTSIDE") if x.recipe else "no recipe point"
+        verdict += ", " + (("ahead" if x.ahead else "NOT ahead") if x.seed_design else "no seed-design point")
+        ranges = f"{span(x.recipe):>12} {span(x.seed_design):>12}"
+        out.append(f"  {x.seed:>4} {x.minute:>5.1f} {num(x.planned):>8} {ranges}  {verdict}")
     out.append(f"  within at {w} of {nw} points; ahead of the seed design at {a} of {na}")
     return "\n".join(out)
 
@@ -189,11 +203,12 @@ def markdown(all_verdicts: list[Verdicts]) -> str:
     ]
     for v in all_verdicts:
         w, nw, a, na = v.counts()
-        seeds = ", ".join(str(s) for s in sorted({ln[0] for ln in v.lines})) or "none"
+        seeds = ", ".join(str(s) for s in sorted({x.seed for x in v.lines})) or "none"
         misses = [
-            f"seed {seed} at {minute:g} min: {num(ratio)} (recipe {span(r)}, seed design {span(s)})"
-            for seed, minute, ratio, r, s, ok, first in v.lines
-            if (r and not ok) or (s and not first)
+            f"seed {x.seed} at {x.minute:g} min: {num(x.planned)} (recipe {span(x.recipe)}, "
+            f"seed design {span(x.seed_design)})"
+            for x in v.lines
+            if (x.recipe and not x.within) or (x.seed_design and not x.ahead)
         ]
         out.append(
             f"| {v.row.label} | {seeds} | {w} of {nw} points | {a} of {na} points | {'; '.join(misses) or '–'} |"
