@@ -170,3 +170,50 @@ def test_the_resize_heads_fast_path_is_the_up_sampling_and_convolution() -> None
     assert results[0][0].shape == (2, 2, 12, 14, 16)
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_top_hats_mark_a_pinhole_and_a_lone_voxel_and_nothing_else() -> None:
+    """A one-voxel wall with one pinhole: the black top-hat is the pinhole alone, the white top-hat the
+    wall (thinner than the 3³ cube); a lone voxel is all white top-hat; a solid block has neither."""
+    from volgan.models.layers import top_hats
+
+    wall = torch.zeros(1, 1, 7, 7, 7)
+    wall[0, 0, 3] = 1
+    wall[0, 0, 3, 3, 3] = 0
+    out = top_hats(wall)
+    assert out.shape == (1, 3, 7, 7, 7)
+    torch.testing.assert_close(out[:, :1], wall)
+    expected_hole = torch.zeros_like(wall)
+    expected_hole[0, 0, 3, 3, 3] = 1
+    torch.testing.assert_close(out[:, 2:], expected_hole, rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 1:2], wall, rtol=0, atol=0)
+    lone = torch.zeros(1, 1, 7, 7, 7)
+    lone[0, 0, 2, 4, 5] = 1
+    torch.testing.assert_close(top_hats(lone)[:, 1:2], lone, rtol=0, atol=0)
+    block = torch.zeros(1, 1, 9, 9, 9)
+    block[0, 0, 2:7, 2:7, 2:7] = 1
+    assert top_hats(block)[:, 1:].abs().max() == 0
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])
+def test_a_critic_with_top_hats_reads_three_channels_and_passes_gradients_to_the_volume(family: str) -> None:
+    """``model.top_hats``: the critic's first convolution reads the volume and its two top-hats, and the
+    generator's gradient reaches every voxel's value through them (a pinhole's depth moves the score)."""
+    from volgan.config import Config
+    from volgan.models import build_models
+
+    torch.manual_seed(0)
+    cfg = Config.model_validate(
+        {"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4, "top_hats": True}}
+    )
+    _, d = build_models(cfg, 2)
+    first = next(m for m in d.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first.in_channels == 3
+    x = torch.rand(2, 1, 16, 16, 16, requires_grad=True)
+    score = d.logits(x, torch.tensor([0, 1])) if family == "dcgan" else d(x, torch.tensor([0, 1]))
+    assert score.shape == (2,)
+    score.sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and x.grad.abs().sum() > 0
+    plain_cfg = Config.model_validate({"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4}})
+    _, plain = build_models(plain_cfg, 2)
+    assert next(m for m in plain.modules() if isinstance(m, torch.nn.Conv3d)).in_channels == 1

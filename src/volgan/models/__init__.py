@@ -33,7 +33,13 @@ def build_models(
                 size, m.latent_dim, num_classes, m.ngf, m.embed_dim, m.max_channels, m.output_head, m.stage_upsampling
             ),
             DCGANDiscriminator(
-                size, num_classes, m.ndf, m.max_channels, m.minibatch_std, aux_classifier=m.ac_weight > 0
+                size,
+                num_classes,
+                m.ndf,
+                m.max_channels,
+                m.minibatch_std,
+                aux_classifier=m.ac_weight > 0,
+                with_top_hats=m.top_hats,
             ),
         )
     return (
@@ -57,6 +63,7 @@ def build_models(
             aux_classifier=m.ac_weight > 0,
             minibatch_std_group=critic_std_group(batch_per_process or cfg.train.batch_size) if m.minibatch_std else 0,
             grow_from=grow_from,
+            with_top_hats=m.top_hats,
         ),
     )
 

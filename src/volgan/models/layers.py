@@ -214,3 +214,20 @@ def output_layer(in_channels: int, kind: str) -> nn.Module:
     if kind == "resize":
         return ResizeConv3d(in_channels, 1)
     return SubpixelConvTranspose3d(in_channels, 1)
+
+
+def top_hats(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, D, H, W) -> (B, 3, D, H, W): the volume, its white top-hat (x - its grey opening) and its
+    black top-hat (its grey closing - x), by a 3³ cube (``model.top_hats``). The white top-hat holds
+    what is brighter than its surroundings and thinner than the cube (isolated voxels, thin walls), the
+    black one what is darker and narrower (pinholes, gaps): the critic sees them as given inputs
+    instead of having to learn such detectors first. Max-pooling makes both differentiable almost
+    everywhere; the border is padded with -inf, so it neither erodes nor dilates the volume."""
+
+    def dilate(v: torch.Tensor) -> torch.Tensor:
+        return F.max_pool3d(v, 3, stride=1, padding=1)
+
+    def erode(v: torch.Tensor) -> torch.Tensor:
+        return -F.max_pool3d(-v, 3, stride=1, padding=1)
+
+    return torch.cat([x, x - dilate(erode(x)), erode(dilate(x)) - x], dim=1)

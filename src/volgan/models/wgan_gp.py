@@ -20,6 +20,7 @@ from volgan.models.layers import (
     SubpixelConvTranspose3d,
     class_embedding,
     output_layer,
+    top_hats,
     up_layer,
 )
 
@@ -206,14 +207,17 @@ class Critic(Growing):
         aux_classifier: bool = False,
         minibatch_std_group: int = 0,
         grow_from: int | None = None,
+        with_top_hats: bool = False,
     ) -> None:
         super().__init__()
         self.size, self.num_classes = size, num_classes
+        self.with_top_hats = with_top_hats
+        c_in = 3 if with_top_hats else 1
         self.minibatch_std_group = minibatch_std_group
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
         layers: list[nn.Module] = [
-            nn.Conv3d(1, chans[0], 4, stride=2, padding=1),
+            nn.Conv3d(c_in, chans[0], 4, stride=2, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
         ]
         for a, b in itertools.pairwise(chans):
@@ -227,7 +231,7 @@ class Critic(Growing):
         self._init_growth(levels)
         if levels:  # the input layer of level k reads a (S/2^k)³ volume into stage k's channels
             self.grow_inputs = nn.ModuleList(
-                nn.Sequential(nn.Conv3d(1, chans[k], 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
+                nn.Sequential(nn.Conv3d(c_in, chans[k], 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
                 for k in range(1, levels + 1)
             )
         # dense layer over the base³ block (+ the minibatch-stddev map)
@@ -255,6 +259,8 @@ class Critic(Growing):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """x at the current level's grid -> the features of the coarsest stage (B, C, base, base, base)."""
+        if self.with_top_hats:
+            x = top_hats(x)
         if not self.grow_levels:
             return self.features(x)
         level, alpha = self.growth()
