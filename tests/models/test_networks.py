@@ -217,3 +217,30 @@ def test_a_critic_with_top_hats_reads_three_channels_and_passes_gradients_to_the
     plain_cfg = Config.model_validate({"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4}})
     _, plain = build_models(plain_cfg, 2)
     assert next(m for m in plain.modules() if isinstance(m, torch.nn.Conv3d)).in_channels == 1
+
+
+def test_dilate_is_max_pooling_and_its_gradient_is_the_poolings_where_maxima_are_unique() -> None:
+    """The elementwise dilation gives ``max_pool3d(x, 3, 1, 1)``'s values exactly (odd and even grids,
+    a grid of one along an axis), the pooling's gradient on continuous values (no ties), is twice
+    differentiable (the gradient penalty differentiates it again), and on an occupancy grid, where
+    maxima tie, hands each window's gradient on whole: the input's gradient sums to the output's."""
+    from volgan.models.layers import dilate
+
+    torch.manual_seed(0)
+    for shape in [(2, 1, 9, 8, 7), (1, 2, 1, 2, 3), (3, 1, 5, 6, 7)]:
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        pooled_x = x.detach().clone().requires_grad_(True)
+        weights = torch.randn(*shape, dtype=torch.float64)
+        out, pooled = dilate(x), torch.nn.functional.max_pool3d(pooled_x, 3, 1, 1)
+        torch.testing.assert_close(out, pooled, rtol=0, atol=0)
+        (out * weights).sum().backward()
+        (pooled * weights).sum().backward()
+        torch.testing.assert_close(x.grad, pooled_x.grad, rtol=0, atol=1e-12)
+    small = torch.randn(2, 1, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dilate, (small,))
+    assert torch.autograd.gradgradcheck(dilate, (small,))
+    grid = (torch.rand(2, 1, 6, 6, 6) > 0.5).float().requires_grad_(True)
+    weights = torch.rand(2, 1, 6, 6, 6)
+    (dilate(grid) * weights).sum().backward()
+    torch.testing.assert_close(grid.grad.sum(), weights.sum(), rtol=1e-5, atol=0)
+    assert (grid.grad >= 0).all()

@@ -16,6 +16,8 @@ PyTorch forward, which is what the equivalence tests compare against.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -216,18 +218,70 @@ def output_layer(in_channels: int, kind: str) -> nn.Module:
     return SubpixelConvTranspose3d(in_channels, 1)
 
 
+def _max3(v: torch.Tensor, dim: int) -> torch.Tensor:
+    """The maximum over each voxel's window of three along ``dim`` (two at the ends)."""
+    n = v.shape[dim]
+    if n == 1:
+        return v
+    pair = torch.maximum(v.narrow(dim, 0, n - 1), v.narrow(dim, 1, n - 1))  # pair[i] = max(v[i], v[i + 1])
+    inner = torch.maximum(pair.narrow(dim, 0, n - 2), pair.narrow(dim, 1, n - 2))
+    return torch.cat([pair.narrow(dim, 0, 1), inner, pair.narrow(dim, n - 2, 1)], dim)
+
+
+def _max3_grad(v: torch.Tensor, out: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
+    """The gradient of :func:`_max3` for v: each window's gradient shared equally among the voxels
+    that hold its maximum (a subgradient; occupancy grids tie everywhere)."""
+    n = v.shape[dim]
+    if n == 1:
+        return g
+    head, tail = (lambda t: t.narrow(dim, 0, n - 1)), (lambda t: t.narrow(dim, 1, n - 1))
+    at_centre = (v == out).to(g.dtype)
+    from_left = (head(v) == tail(out)).to(g.dtype)  # window j + 1's maximum at voxel j
+    from_right = (tail(v) == head(out)).to(g.dtype)  # window j's maximum at voxel j + 1
+    count = at_centre.clone()  # at least the voxel that holds it
+    tail(count).add_(from_left)
+    head(count).add_(from_right)
+    share = g / count
+    grad = share * at_centre
+    head(grad).add_(tail(share) * from_left)
+    tail(grad).add_(head(share) * from_right)
+    return grad
+
+
+class _Dilate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        steps = [x]
+        for dim in range(2, x.dim()):
+            steps.append(_max3(steps[-1], dim))
+        ctx.save_for_backward(*steps)
+        return steps[-1]
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        steps = ctx.saved_tensors
+        for k in range(len(steps) - 1, 0, -1):
+            g = _max3_grad(steps[k - 1], steps[k], g, k + 1)
+        return g
+
+
+def dilate(x: torch.Tensor) -> torch.Tensor:
+    """Grey dilation by a 3³ cube, (B, C, D, H, W): each voxel the maximum of its neighbourhood inside
+    the grid, the values of ``F.max_pool3d(x, 3, 1, 1)``. Three elementwise passes, ~10x faster than
+    the pooling on a CPU; the gradient is the pooling's where a maximum is unique and shared among
+    tied voxels where not (differentiable again, for the gradient penalty)."""
+    return _Dilate.apply(x)
+
+
 def top_hats(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, D, H, W) -> (B, 3, D, H, W): the volume, its white top-hat (x - its grey opening) and its
     black top-hat (its grey closing - x), by a 3³ cube (``model.top_hats``). The white top-hat holds
     what is brighter than its surroundings and thinner than the cube (isolated voxels, thin walls), the
     black one what is darker and narrower (pinholes, gaps): the critic sees them as given inputs
-    instead of having to learn such detectors first. Max-pooling makes both differentiable almost
-    everywhere; the border is padded with -inf, so it neither erodes nor dilates the volume."""
-
-    def dilate(v: torch.Tensor) -> torch.Tensor:
-        return F.max_pool3d(v, 3, stride=1, padding=1)
+    instead of having to learn such detectors first. Outside the grid counts as neither, so the
+    border neither erodes nor dilates the volume."""
 
     def erode(v: torch.Tensor) -> torch.Tensor:
-        return -F.max_pool3d(-v, 3, stride=1, padding=1)
+        return -dilate(-v)
 
     return torch.cat([x, x - dilate(erode(x)), erode(dilate(x)) - x], dim=1)
