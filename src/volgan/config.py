@@ -176,10 +176,11 @@ class ModelConfig(_Section):
     """the generator's up-sampling stages before its last layer: transposed (4³ transposed convolutions with
     stride 2, the seed design) or resize (nearest-neighbour up-sampling then a 3³ convolution, as the resize
     head; both families)"""
-    top_hats: bool = False
-    """the critic/discriminator also sees the volume's white and black top-hats by a 3³ cube (what is
-    brighter and thinner, or darker and narrower, than the cube: isolated voxels, pinholes) as two more
-    input channels; both families (measurements: docs/diversity_measurements.md)"""
+    top_hats: Literal["none", "black", "both"] = "none"
+    """what the critic/discriminator sees beside the volume: none; black (its black top-hat by a 3³ cube,
+    what is darker and narrower than the cube: pinholes, gaps); both (the white top-hat too, what is
+    brighter and thinner: isolated voxels, thin walls); one input channel each, both families
+    (measurements: docs/diversity_measurements.md)"""
 
 
 class WGANGPTrainConfig(_Section):

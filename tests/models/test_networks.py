@@ -193,6 +193,8 @@ def test_top_hats_mark_a_pinhole_and_a_lone_voxel_and_nothing_else() -> None:
     block = torch.zeros(1, 1, 9, 9, 9)
     block[0, 0, 2:7, 2:7, 2:7] = 1
     assert top_hats(block)[:, 1:].abs().max() == 0
+    torch.testing.assert_close(top_hats(wall, "black"), out[:, [0, 2]], rtol=0, atol=0)
+    assert top_hats(wall, "none") is wall
 
 
 @pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])
@@ -204,7 +206,7 @@ def test_a_critic_with_top_hats_reads_three_channels_and_passes_gradients_to_the
 
     torch.manual_seed(0)
     cfg = Config.model_validate(
-        {"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4, "top_hats": True}}
+        {"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4, "top_hats": "both"}}
     )
     _, d = build_models(cfg, 2)
     first = next(m for m in d.modules() if isinstance(m, torch.nn.Conv3d))
@@ -214,6 +216,11 @@ def test_a_critic_with_top_hats_reads_three_channels_and_passes_gradients_to_the
     assert score.shape == (2,)
     score.sum().backward()
     assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and x.grad.abs().sum() > 0
+    black_cfg = Config.model_validate(
+        {"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4, "top_hats": "black"}}
+    )
+    _, black = build_models(black_cfg, 2)
+    assert next(m for m in black.modules() if isinstance(m, torch.nn.Conv3d)).in_channels == 2
     plain_cfg = Config.model_validate({"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4}})
     _, plain = build_models(plain_cfg, 2)
     assert next(m for m in plain.modules() if isinstance(m, torch.nn.Conv3d)).in_channels == 1

@@ -39,7 +39,7 @@ def build_models(
                 m.max_channels,
                 m.minibatch_std,
                 aux_classifier=m.ac_weight > 0,
-                with_top_hats=m.top_hats,
+                top_hats=m.top_hats,
             ),
         )
     return (
@@ -63,7 +63,7 @@ def build_models(
             aux_classifier=m.ac_weight > 0,
             minibatch_std_group=critic_std_group(batch_per_process or cfg.train.batch_size) if m.minibatch_std else 0,
             grow_from=grow_from,
-            with_top_hats=m.top_hats,
+            top_hats=m.top_hats,
         ),
     )
 

@@ -17,7 +17,14 @@ from torch import nn
 
 from volgan.config import grid_stages
 from volgan.growth import Growing
-from volgan.models.layers import StemConvTranspose3d, class_embedding, output_layer, top_hats, up_layer
+from volgan.models.layers import (
+    TOP_HAT_CHANNELS,
+    StemConvTranspose3d,
+    class_embedding,
+    output_layer,
+    top_hats,
+    up_layer,
+)
 from volgan.models.wgan_gp import stage_channels
 
 
@@ -98,14 +105,14 @@ class DCGANDiscriminator(Growing):
         max_channels: int = 512,
         minibatch_std: bool = False,
         aux_classifier: bool = False,
-        with_top_hats: bool = False,
+        top_hats: str = "none",
     ) -> None:
         super().__init__()
         self.size, self.num_classes, self.minibatch_std = size, num_classes, minibatch_std
-        self.with_top_hats = with_top_hats
+        self.top_hats = top_hats
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
-        c_in = 3 if with_top_hats else 1
+        c_in = TOP_HAT_CHANNELS[top_hats]
         layers: list[nn.Module] = [nn.Conv3d(c_in, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         for a, b in itertools.pairwise(chans):
             layers += [nn.Conv3d(a, b, 4, 2, 1, bias=False), nn.BatchNorm3d(b), nn.LeakyReLU(0.2, inplace=True)]
@@ -125,7 +132,7 @@ class DCGANDiscriminator(Growing):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, 1, S, S, S); labels: (B,) -> real/fake logits (B,) and, with the auxiliary
         classifier, class logits (B, K)."""
-        h = self.features(top_hats(x) if self.with_top_hats else x)
+        h = self.features(top_hats(x, self.top_hats))
         flat = torch.cat([h, minibatch_stddev(h)], dim=1) if self.minibatch_std else h
         out = self.dense(flat.flatten(1)).squeeze(1)
         cond = class_embedding(self.embed, labels, "discriminator")

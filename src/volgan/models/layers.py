@@ -273,15 +273,22 @@ def dilate(x: torch.Tensor) -> torch.Tensor:
     return _Dilate.apply(x)
 
 
-def top_hats(x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, D, H, W) -> (B, 3, D, H, W): the volume, its white top-hat (x - its grey opening) and its
-    black top-hat (its grey closing - x), by a 3³ cube (``model.top_hats``). The white top-hat holds
-    what is brighter than its surroundings and thinner than the cube (isolated voxels, thin walls), the
-    black one what is darker and narrower (pinholes, gaps): the critic sees them as given inputs
-    instead of having to learn such detectors first. Outside the grid counts as neither, so the
-    border neither erodes nor dilates the volume."""
+TOP_HAT_CHANNELS = {"none": 1, "black": 2, "both": 3}
+"""Input channels of a critic that sees the volume and these top-hats (``model.top_hats``)."""
+
+
+def top_hats(x: torch.Tensor, which: str = "both") -> torch.Tensor:
+    """(B, 1, D, H, W) -> (B, TOP_HAT_CHANNELS[which], D, H, W): the volume, then (both) its white
+    top-hat (x - its grey opening) and (black, both) its black top-hat (its grey closing - x), by a 3³
+    cube (``model.top_hats``). The white top-hat holds what is brighter than its surroundings and
+    thinner than the cube (isolated voxels, thin walls), the black one what is darker and narrower
+    (pinholes, gaps): the critic sees them as given inputs instead of having to learn such detectors
+    first. Outside the grid counts as neither, so the border neither erodes nor dilates the volume."""
+    if which == "none":
+        return x
 
     def erode(v: torch.Tensor) -> torch.Tensor:
         return -dilate(-v)
 
-    return torch.cat([x, x - dilate(erode(x)), erode(dilate(x)) - x], dim=1)
+    black = erode(dilate(x)) - x
+    return torch.cat([x, x - dilate(erode(x)), black] if which == "both" else [x, black], dim=1)

@@ -15,6 +15,7 @@ from torch import nn
 from volgan.config import grid_stages, grow_grids
 from volgan.growth import Growing, downsample, upsample
 from volgan.models.layers import (
+    TOP_HAT_CHANNELS,
     InstanceNorm3d,
     StemConvTranspose3d,
     SubpixelConvTranspose3d,
@@ -207,12 +208,12 @@ class Critic(Growing):
         aux_classifier: bool = False,
         minibatch_std_group: int = 0,
         grow_from: int | None = None,
-        with_top_hats: bool = False,
+        top_hats: str = "none",
     ) -> None:
         super().__init__()
         self.size, self.num_classes = size, num_classes
-        self.with_top_hats = with_top_hats
-        c_in = 3 if with_top_hats else 1
+        self.top_hats = top_hats
+        c_in = TOP_HAT_CHANNELS[top_hats]
         self.minibatch_std_group = minibatch_std_group
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
@@ -259,8 +260,7 @@ class Critic(Growing):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """x at the current level's grid -> the features of the coarsest stage (B, C, base, base, base)."""
-        if self.with_top_hats:
-            x = top_hats(x)
+        x = top_hats(x, self.top_hats)
         if not self.grow_levels:
             return self.features(x)
         level, alpha = self.growth()
