@@ -182,6 +182,11 @@ class ModelConfig(_Section):
     brighter and thinner: isolated voxels, thin walls); one input channel each, both families
     (measurements: docs/diversity_measurements.md)"""
 
+    @field_validator("top_hats", mode="before")
+    @classmethod
+    def _top_hats_as_switch(cls, v: Any) -> Any:
+        return {True: "both", False: "none"}.get(v, v) if isinstance(v, bool) else v  # its first form, a switch
+
 
 class WGANGPTrainConfig(_Section):
     """wgan_gp only: the critic's steps and its penalties (train.wgan_gp)."""

@@ -221,6 +221,7 @@ def test_a_critic_with_top_hats_reads_three_channels_and_passes_gradients_to_the
     )
     _, black = build_models(black_cfg, 2)
     assert next(m for m in black.modules() if isinstance(m, torch.nn.Conv3d)).in_channels == 2
+    assert Config.model_validate({"model": {"top_hats": True}}).model.top_hats == "both"  # its first form
     plain_cfg = Config.model_validate({"data": {"size": 16}, "model": {"family": family, "ngf": 4, "ndf": 4}})
     _, plain = build_models(plain_cfg, 2)
     assert next(m for m in plain.modules() if isinstance(m, torch.nn.Conv3d)).in_channels == 1
