@@ -268,8 +268,8 @@ class _Dilate(torch.autograd.Function):
 def dilate(x: torch.Tensor) -> torch.Tensor:
     """Grey dilation by a 3³ cube, (B, C, D, H, W): each voxel the maximum of its neighbourhood inside
     the grid, the values of ``F.max_pool3d(x, 3, 1, 1)``. Three elementwise passes: on a CPU ~14x faster
-    forward than the pooling, ~1.8x with the backward; the gradient is the pooling's where a maximum is unique and shared among
-    tied voxels where not (differentiable again, for the gradient penalty)."""
+    forward than the pooling, ~1.8x with the backward; the gradient is the pooling's where a maximum
+    is unique and shared among tied voxels where not (differentiable again, for the gradient penalty)."""
     return _Dilate.apply(x)
 
 
