@@ -182,6 +182,11 @@ class ModelConfig(_Section):
     brighter and thinner: isolated voxels, thin walls); one input channel each, both families
     (measurements: docs/diversity_measurements.md)"""
 
+    top_hats_from: float = Field(0.0, ge=0, lt=1)
+    """the part of the run (the clock of train.lr_decay linear: train.steps or train.budget_minutes) from
+    which the critic sees model.top_hats; before it those channels are zeros, and the critic's weights on
+    them start at 0 so they come in without a jump in its scores. 0: from the first step"""
+
     @field_validator("top_hats", mode="before")
     @classmethod
     def _top_hats_as_switch(cls, v: Any) -> Any:
@@ -479,6 +484,8 @@ class Config(_Section):
             raise ValueError(
                 "train.mode_seeking_end: needs train.mode_seeking > 0, the weight the schedule starts from"
             )
+        if self.model.top_hats_from and self.model.top_hats == "none":
+            raise ValueError("model.top_hats_from: needs model.top_hats black or both, the channels it brings in")
         self._check_growth()
         return self
 

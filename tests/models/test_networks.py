@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from volgan.config import grid_stages
+from volgan.config import Config, grid_stages
 from volgan.models.dcgan import DCGANGenerator
 from volgan.models.layers import ResizeConv3d, output_layer
 from volgan.models.wgan_gp import Critic, Generator, stage_channels
@@ -201,7 +203,6 @@ def test_top_hats_mark_a_pinhole_and_a_lone_voxel_and_nothing_else() -> None:
 def test_a_critic_with_top_hats_reads_three_channels_and_passes_gradients_to_the_volume(family: str) -> None:
     """``model.top_hats``: the critic's first convolution reads the volume and its two top-hats, and the
     generator's gradient reaches every voxel's value through them (a pinhole's depth moves the score)."""
-    from volgan.config import Config
     from volgan.models import build_models
 
     torch.manual_seed(0)
@@ -252,3 +253,33 @@ def test_dilate_is_max_pooling_and_its_gradient_is_the_poolings_where_maxima_are
     (dilate(grid) * weights).sum().backward()
     torch.testing.assert_close(grid.grad.sum(), weights.sum(), rtol=1e-5, atol=0)
     assert (grid.grad >= 0).all()
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "dcgan"])
+def test_top_hats_from_brings_the_channels_in_part_way_without_a_jump(family: str, tmp_path: Path) -> None:
+    """``model.top_hats_from``: the critic's weights on the top-hat channels start at 0 and stay there
+    while the channels are zeros (the first half of the run), so the scores at the switch are the plain
+    critic's; from half-way the critic sees the top-hats and learns weights for them."""
+    from conftest import tiny_config, tiny_data
+    from volgan.training import Trainer
+
+    model = {"family": family, "top_hats": "both", "top_hats_from": 0.5}
+    trainer = Trainer(tiny_config(tmp_path / "run", model=model, train={"steps": 4, "batch_size": 4}), tiny_data())
+    d = trainer.discriminator
+    first = next(m for m in d.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first.in_channels == 3 and not d.top_hats_on and first.weight[:, 1:].abs().max() == 0
+    for _ in range(2):
+        trainer.train_step()
+    assert not d.top_hats_on and first.weight[:, 1:].abs().max() == 0  # 2 of 4 steps: still zeros
+    x, labels = torch.rand(2, 1, 16, 16, 16), torch.tensor([0, 1])
+    d.eval()
+    before = d.logits(x, labels) if family == "dcgan" else d(x, labels)
+    d.top_hats_on = True
+    after = d.logits(x, labels) if family == "dcgan" else d(x, labels)
+    # zero weights: the top-hats change no score (up to the convolution kernel's summation order)
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
+    d.train()
+    trainer.train_step()
+    assert d.top_hats_on and first.weight[:, 1:].abs().max() > 0
+    with pytest.raises(ValueError, match=r"model\.top_hats_from"):
+        Config.model_validate({"model": {"top_hats_from": 0.5}})

@@ -40,6 +40,7 @@ def build_models(
                 m.minibatch_std,
                 aux_classifier=m.ac_weight > 0,
                 top_hats=m.top_hats,
+                top_hats_from=m.top_hats_from,
             ),
         )
     return (
@@ -64,6 +65,7 @@ def build_models(
             minibatch_std_group=critic_std_group(batch_per_process or cfg.train.batch_size) if m.minibatch_std else 0,
             grow_from=grow_from,
             top_hats=m.top_hats,
+            top_hats_from=m.top_hats_from,
         ),
     )
 

@@ -24,6 +24,7 @@ from volgan.models.layers import (
     output_layer,
     top_hats,
     up_layer,
+    zero_top_hat_weights,
 )
 from volgan.models.wgan_gp import stage_channels
 
@@ -106,10 +107,13 @@ class DCGANDiscriminator(Growing):
         minibatch_std: bool = False,
         aux_classifier: bool = False,
         top_hats: str = "none",
+        top_hats_from: float = 0.0,
     ) -> None:
         super().__init__()
         self.size, self.num_classes, self.minibatch_std = size, num_classes, minibatch_std
         self.top_hats = top_hats
+        self.top_hats_on = not top_hats_from
+        """whether the top-hat channels hold the top-hats yet (the trainer sets it by model.top_hats_from)"""
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
         c_in = TOP_HAT_CHANNELS[top_hats]
@@ -122,6 +126,8 @@ class DCGANDiscriminator(Growing):
         # AC-GAN head (Odena et al. 2017): class logits from the pooled features.
         self.classifier = nn.Linear(chans[-1], num_classes) if num_classes and aux_classifier else None
         self.apply(init_dcgan_weights)
+        if top_hats_from:
+            zero_top_hat_weights(layers[0])
 
     def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, 1, S, S, S) in [0, 1]; labels: (B,) -> real/fake logits (B,)."""
@@ -132,7 +138,7 @@ class DCGANDiscriminator(Growing):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, 1, S, S, S); labels: (B,) -> real/fake logits (B,) and, with the auxiliary
         classifier, class logits (B, K)."""
-        h = self.features(top_hats(x, self.top_hats))
+        h = self.features(top_hats(x, self.top_hats, self.top_hats_on))
         flat = torch.cat([h, minibatch_stddev(h)], dim=1) if self.minibatch_std else h
         out = self.dense(flat.flatten(1)).squeeze(1)
         cond = class_embedding(self.embed, labels, "discriminator")

@@ -277,15 +277,26 @@ TOP_HAT_CHANNELS = {"none": 1, "black": 2, "both": 3}
 """Input channels of a critic that sees the volume and these top-hats (``model.top_hats``)."""
 
 
-def top_hats(x: torch.Tensor, which: str = "both") -> torch.Tensor:
+def zero_top_hat_weights(conv: nn.Module) -> None:
+    """A first convolution that reads the top-hats from 0: until it learns them, its output is the
+    plain critic's (``model.top_hats_from``: the channels appear part-way without a jump in the scores)."""
+    assert isinstance(conv, nn.Conv3d)
+    with torch.no_grad():
+        conv.weight[:, 1:] = 0
+
+
+def top_hats(x: torch.Tensor, which: str = "both", on: bool = True) -> torch.Tensor:
     """(B, 1, D, H, W) -> (B, TOP_HAT_CHANNELS[which], D, H, W): the volume, then (both) its white
     top-hat (x - its grey opening) and (black, both) its black top-hat (its grey closing - x), by a 3³
     cube (``model.top_hats``). The white top-hat holds what is brighter than its surroundings and
     thinner than the cube (isolated voxels, thin walls), the black one what is darker and narrower
     (pinholes, gaps): the critic sees them as given inputs instead of having to learn such detectors
-    first. Outside the grid counts as neither, so the border neither erodes nor dilates the volume."""
+    first. Outside the grid counts as neither, so the border neither erodes nor dilates the volume.
+    ``on=False``: the same channels as zeros (``model.top_hats_from``: not yet seen)."""
     if which == "none":
         return x
+    if not on:
+        return torch.cat([x, x.new_zeros(x.shape[0], TOP_HAT_CHANNELS[which] - 1, *x.shape[2:])], dim=1)
 
     def erode(v: torch.Tensor) -> torch.Tensor:
         return -dilate(-v)

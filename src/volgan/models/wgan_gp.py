@@ -23,6 +23,7 @@ from volgan.models.layers import (
     output_layer,
     top_hats,
     up_layer,
+    zero_top_hat_weights,
 )
 
 
@@ -209,10 +210,13 @@ class Critic(Growing):
         minibatch_std_group: int = 0,
         grow_from: int | None = None,
         top_hats: str = "none",
+        top_hats_from: float = 0.0,
     ) -> None:
         super().__init__()
         self.size, self.num_classes = size, num_classes
         self.top_hats = top_hats
+        self.top_hats_on = not top_hats_from
+        """whether the top-hat channels hold the top-hats yet (the trainer sets it by model.top_hats_from)"""
         c_in = TOP_HAT_CHANNELS[top_hats]
         self.minibatch_std_group = minibatch_std_group
         base, n_stages = grid_stages(size)
@@ -235,6 +239,9 @@ class Critic(Growing):
                 nn.Sequential(nn.Conv3d(c_in, chans[k], 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
                 for k in range(1, levels + 1)
             )
+        if top_hats_from:
+            for conv in [layers[0], *(seq[0] for seq in getattr(self, "grow_inputs", []))]:
+                zero_top_hat_weights(conv)
         # dense layer over the base³ block (+ the minibatch-stddev map)
         self.head = nn.Conv3d(chans[-1] + int(minibatch_std_group > 1), 1, base)
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
@@ -260,7 +267,7 @@ class Critic(Growing):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """x at the current level's grid -> the features of the coarsest stage (B, C, base, base, base)."""
-        x = top_hats(x, self.top_hats)
+        x = top_hats(x, self.top_hats, self.top_hats_on)
         if not self.grow_levels:
             return self.features(x)
         level, alpha = self.growth()
