@@ -30,11 +30,7 @@ ROWS = (
     ("adrenal masks (AdrenalMNIST3D), 64³, 2 classes", ("adrenal64_60min_planned_amd_seed?.json",)),
     (
         "voxel shapes (ModelNet10 chair, monitor), 32³",
-        (
-            "modelnet32_20min_planned_resize_amd_seed0_cleaned.json",
-            "modelnet32_20min_planned_clean_amd_seed1.json",
-            "modelnet32_20min_planned_resize_amd_seed2_cleaned.json",
-        ),
+        ("modelnet32_20min_planned_top_hats_from_amdavx2_seed?.json",),
     ),
 )
 HEAD = (

@@ -65,11 +65,7 @@ ROWS = (
     ),
     Row(
         "ModelNet10 32³, 20 min",
-        (
-            "modelnet32_20min_planned_resize_amd_seed0_cleaned.json",
-            "modelnet32_20min_planned_clean_amd_seed1.json",
-            "modelnet32_20min_planned_resize_amd_seed2_cleaned.json",
-        ),
+        ("modelnet32_20min_planned_top_hats_from_amdavx2_seed?.json",),
         ("modelnet32_20min_dcgan_w16_b16_amd_seed?.json",),
         "voxel32, half widths, batch 16",
         ("modelnet32_20min_yardstick_amd_seed?.json",),
@@ -205,7 +201,7 @@ def markdown(all_verdicts: list[Verdicts]) -> str:
         w, nw, a, na = v.counts()
         seeds = ", ".join(str(s) for s in sorted({x.seed for x in v.lines})) or "none"
         misses = [
-            f"seed {x.seed} at {x.minute:g} min: {num(x.planned)} (recipe {span(x.recipe)}, "
+            f"seed {x.seed} at {x.minute:.0f} min: {num(x.planned)} (recipe {span(x.recipe)}, "
             f"seed design {span(x.seed_design)})"
             for x in v.lines
             if (x.recipe and not x.within) or (x.seed_design and not x.ahead)

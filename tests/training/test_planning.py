@@ -56,6 +56,10 @@ def test_occupancy_grids_are_planned_as_the_3dgan_with_binary_data() -> None:
     assert build_config(plan.overrides(), "<plan>").model.output_head == "resize"
     assert build_config(plan.overrides(), "<plan>").sample.clean is True
     assert "pieces" in next(c.reason for c in plan.choices if c.key == "sample.clean")
+    # from half-way the discriminator sees the top-hats (the perforated walls close)
+    model = build_config(plan.overrides(), "<plan>").model
+    assert model.top_hats == "both" and model.top_hats_from == 0.5
+    assert "holes" in next(c.reason for c in plan.choices if c.key == "model.top_hats")
 
 
 def test_masks_on_a_finer_grid_than_planned_are_resampled_intensities_for_the_wgan_gp() -> None:
@@ -79,6 +83,7 @@ def test_intensities_are_planned_as_the_conditional_wgan_gp() -> None:
     assert "fewer holes" in next(c.reason for c in plan.choices if c.key == "model.output_head")
     assert plan.value("sample.clean") is True  # specks removed, intensities elsewhere kept
     assert "data.binary" not in plan.overrides()["data"]
+    assert build_config(plan.overrides(), "<plan>").model.top_hats == "none"  # measured in the 3D-GAN only
     one = make_plan(_fp(edge=64, classes=1), 30, timer=_timer(0.05))
     assert one.value("model.ac_weight") == 0.0
 

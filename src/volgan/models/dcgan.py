@@ -19,6 +19,7 @@ from volgan.config import grid_stages
 from volgan.growth import Growing
 from volgan.models.layers import (
     TOP_HAT_CHANNELS,
+    InputConv3d,
     StemConvTranspose3d,
     class_embedding,
     output_layer,
@@ -117,7 +118,7 @@ class DCGANDiscriminator(Growing):
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
         c_in = TOP_HAT_CHANNELS[top_hats]
-        layers: list[nn.Module] = [nn.Conv3d(c_in, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [InputConv3d(c_in, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         for a, b in itertools.pairwise(chans):
             layers += [nn.Conv3d(a, b, 4, 2, 1, bias=False), nn.BatchNorm3d(b), nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)

@@ -277,6 +277,15 @@ TOP_HAT_CHANNELS = {"none": 1, "black": 2, "both": 3}
 """Input channels of a critic that sees the volume and these top-hats (``model.top_hats``)."""
 
 
+class InputConv3d(nn.Conv3d):
+    """A critic's first convolution: given fewer channels than it reads, it takes the missing last ones
+    as zeros and skips their weights (the top-hats before ``model.top_hats_from``: the plain step's cost)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return super().forward(x) if c == self.in_channels else self._conv_forward(x, self.weight[:, :c], self.bias)
+
+
 def zero_top_hat_weights(conv: nn.Module) -> None:
     """A first convolution that reads the top-hats from 0: until it learns them, its output is the
     plain critic's (``model.top_hats_from``: the channels appear part-way without a jump in the scores)."""
@@ -292,11 +301,10 @@ def top_hats(x: torch.Tensor, which: str = "both", on: bool = True) -> torch.Ten
     thinner than the cube (isolated voxels, thin walls), the black one what is darker and narrower
     (pinholes, gaps): the critic sees them as given inputs instead of having to learn such detectors
     first. Outside the grid counts as neither, so the border neither erodes nor dilates the volume.
-    ``on=False``: the same channels as zeros (``model.top_hats_from``: not yet seen)."""
-    if which == "none":
+    ``on=False`` (``model.top_hats_from``: not yet seen): the volume alone, which an :class:`InputConv3d`
+    reads as the volume and zeros in the top-hats' channels."""
+    if which == "none" or not on:
         return x
-    if not on:
-        return torch.cat([x, x.new_zeros(x.shape[0], TOP_HAT_CHANNELS[which] - 1, *x.shape[2:])], dim=1)
 
     def erode(v: torch.Tensor) -> torch.Tensor:
         return -dilate(-v)

@@ -16,6 +16,7 @@ from volgan.config import grid_stages, grow_grids
 from volgan.growth import Growing, downsample, upsample
 from volgan.models.layers import (
     TOP_HAT_CHANNELS,
+    InputConv3d,
     InstanceNorm3d,
     StemConvTranspose3d,
     SubpixelConvTranspose3d,
@@ -222,7 +223,7 @@ class Critic(Growing):
         base, n_stages = grid_stages(size)
         chans = stage_channels(ndf, n_stages, max_channels)[::-1]  # fine -> coarse
         layers: list[nn.Module] = [
-            nn.Conv3d(c_in, chans[0], 4, stride=2, padding=1),
+            InputConv3d(c_in, chans[0], 4, stride=2, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
         ]
         for a, b in itertools.pairwise(chans):
@@ -236,7 +237,7 @@ class Critic(Growing):
         self._init_growth(levels)
         if levels:  # the input layer of level k reads a (S/2^k)³ volume into stage k's channels
             self.grow_inputs = nn.ModuleList(
-                nn.Sequential(nn.Conv3d(c_in, chans[k], 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
+                nn.Sequential(InputConv3d(c_in, chans[k], 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
                 for k in range(1, levels + 1)
             )
         if top_hats_from:
