@@ -242,10 +242,8 @@ class Trainer:
             return values
 
     def _apply_plan(self, plan: schedule.StepPlan) -> None:
-        """This step's learning rates (train.lr_decay; the step and the trained seconds are in every
-        checkpoint, so a resumed run continues the schedule) and growth level on both networks (the
-        EMA restarts its warm-up when a finer level begins, so it averages the weights that level trains),
-        and whether the critic sees its top-hats yet (model.top_hats_from)."""
+        """This step's learning rates (train.lr_decay; resumed from the checkpointed step and seconds), growth
+        level (the EMA restarts with each finer level) and if the critic sees its top-hats (model.top_hats_from)."""
         if self.cfg.train.lr_decay != "none":
             for opt, base in ((self.opt_g, self.cfg.train.lr_g), (self.opt_d, self.cfg.train.lr_d)):
                 for group in opt.param_groups:
