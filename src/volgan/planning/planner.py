@@ -399,7 +399,6 @@ def _recipe(
             "lr_decay": "none",
             "ema_decay": 0.99,
         }
-        # from half-way the discriminator also sees the top-hats: pinholes close (docs/planner.md)
         model: dict[str, Any] = {
             "family": "dcgan",
             "ngf": width,
