@@ -278,6 +278,33 @@ def test_probe_times_real_steps_and_scaling_follows_the_work() -> None:
     assert not up.measured and up.seconds == pytest.approx(t.seconds * 8 * 2**1.6)
 
 
+def test_probe_times_a_part_way_critic_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    from volgan.planning import probe
+
+    seen: list[float] = []
+
+    def fake(cfg: dict, num_classes: int, steps: int, warmup: int) -> StepTime:
+        part = cfg["model"].get("top_hats_from", 0.0)
+        seen.append(part)
+        return StepTime(32, 16, 0.3 if part else 0.5, True, "stand-in")  # on from the start: dearer
+
+    monkeypatch.setattr(probe, "_time_steps", fake)
+    cfg = {"model": {"family": "dcgan", "top_hats": "both", "top_hats_from": 0.5}}
+    t = time_config(cfg, num_classes=2)
+    assert seen == [0.5, 0.0]  # as the run starts, then with the channels seen from the first step
+    # half the budget at 0.3 s and half at 0.5 s: 1/0.3 + 1/0.5 steps per 2 s
+    assert t.seconds == pytest.approx(2 / (1 / 0.3 + 1 / 0.5)) and "0.3 s" in t.how and "0.5 s" in t.how
+    seen.clear()
+    assert time_config({"model": {"top_hats": "both"}}, num_classes=2).seconds == 0.5 and seen == [0.0]
+
+
+def test_probe_of_a_part_way_critic_runs_real_steps() -> None:
+    model = {"ngf": 4, "ndf": 4, "latent_dim": 8, "family": "dcgan", "top_hats": "both", "top_hats_from": 0.5}
+    cfg = {"data": {"size": 16}, "model": model, "train": {"batch_size": 2}}
+    t = time_config(cfg, num_classes=2, steps=1, warmup=1)
+    assert t.measured and t.seconds > 0 and "each way" in t.how
+
+
 def test_planned_config_from_a_folder_with_the_real_probe(tmp_path: Path) -> None:
     root = _class_folders(tmp_path / "d", "intensity", size=16)
     user = {"data": {"root": str(root), "size": 16}, "model": {"latent_dim": 8}, "device": "cpu"}

@@ -54,7 +54,24 @@ class StepTime:
 
 
 def time_config(cfg_dict: dict[str, Any], num_classes: int, steps: int = 2, warmup: int = 1) -> StepTime:
-    """Median seconds of ``steps`` generator steps (after ``warmup`` untimed ones) of the config."""
+    """Median seconds of ``steps`` generator steps (after ``warmup`` untimed ones) of the config.
+
+    A critic that sees its top-hats from part ``f`` of the budget on (``model.top_hats_from``) is
+    timed both ways; a budget-bound run spends part ``f`` of its time at the plain step and the
+    rest at the dearer one, so its mean step is the time-weighted (harmonic) mean of the two."""
+    part = float(cfg_dict.get("model", {}).get("top_hats_from") or 0.0)
+    before = _time_steps(cfg_dict, num_classes, steps, warmup)
+    if part <= 0.0 or cfg_dict.get("model", {}).get("top_hats", "none") == "none":
+        return before
+    after = _time_steps(merge_dicts(cfg_dict, {"model": {"top_hats_from": 0.0}}), num_classes, steps, warmup)
+    seconds = 1.0 / (part / before.seconds + (1.0 - part) / after.seconds)
+    how = f"timed {steps} steps here each way: {before.seconds:.3g} s before the top-hats, {after.seconds:.3g} s after"
+    memory = None if before.memory_gb is None else max(before.memory_gb, after.memory_gb or 0.0)
+    return StepTime(before.grid, before.width, seconds, True, how, memory)
+
+
+def _time_steps(cfg_dict: dict[str, Any], num_classes: int, steps: int, warmup: int) -> StepTime:
+    """Median seconds of ``steps`` generator steps of the config as it starts (after ``warmup``)."""
     from volgan.training import Trainer
 
     run_dir = Path(tempfile.mkdtemp(prefix="volgan-probe-"))
