@@ -6,6 +6,10 @@
     python benchmarks/train_step.py --end-to-end 12                    # + a real `volgan train` loop
     python benchmarks/train_step.py --variant lazy5:wgan_gp.gp_every=5 --yardstick none   # train.* variants
     python benchmarks/train_step.py --variant resize:model.output_head=resize --yardstick none
+    python benchmarks/train_step.py --family dcgan --size 32 --batch 16 --variant "seen:model.top_hats=both"
+
+``--family dcgan`` races the 3D-GAN instead (one discriminator and one generator step a round; no
+yardstick, which is a WGAN-GP: ratios are to volgan's plain 3D-GAN row).
 
 ``--end-to-end N`` also runs ``volgan train`` for N generator steps on cached phantom class folders
 (same size, batch, classes, n_critic and widths; default logging, log line every step) and compares
@@ -34,7 +38,8 @@ from _harness import Contender, Worker, add_contender_args, load_yardstick, mach
 from volgan.config import merge_dicts, unflatten
 
 
-def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, path: str) -> Contender:
+def yardstick(size: int, batch: int, classes: int, n_critic: int, device: str, path: str, family: str) -> Contender:
+    assert family == "wgan_gp", "the yardstick is a WGAN-GP"
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.set_default_device(dev)  # the yardstick makes its tensors (and the penalty's alpha) there
@@ -62,6 +67,7 @@ def volgan(
     perf: dict[str, Any],
     train: dict[str, Any] | None = None,
     sections: dict[str, Any] | None = None,
+    family: str = "wgan_gp",
 ) -> Contender:
     import numpy as np
 
@@ -75,15 +81,16 @@ def volgan(
     vols = np.random.default_rng(0).uniform(-1, 1, (n, size, size, size)).astype(np.float32)
     data = VolumeSet.from_arrays(vols, np.arange(n) % classes, [str(i) for i in range(classes)])
     run_dir = Path(tempfile.mkdtemp(prefix="volgan-bench-"))
+    critic = {"wgan_gp": {"n_critic": n_critic}} if family == "wgan_gp" else {}  # the 3D-GAN: one D step a round
     cfg = build_config(
         {
             "device": dev.type,
             "run_dir": str(run_dir),
             "data": {"size": size},
-            "train": {"batch_size": batch, "wgan_gp": {"n_critic": n_critic}, **(train or {})},
+            "train": {"batch_size": batch, **critic, **(train or {})},
             "log": {"progress_bar": False},
             "perf": perf,
-            **(sections or {}),
+            **merge_dicts({"model": {"family": family}}, sections or {}),
         },
         "<benchmark>",
     )
@@ -91,7 +98,7 @@ def volgan(
     # what fit() sets for its duration (allocator, TF32, cuDNN); this process only measures steps
     volgan_perf.configure_backend(cfg.perf, trainer.device)
     shutil.rmtree(run_dir)  # nothing is written: train_step() neither logs nor saves
-    return Contender(trainer.train_step, batch * n_critic, dev)
+    return Contender(trainer.train_step, batch * (n_critic if family == "wgan_gp" else 1), dev)
 
 
 def end_to_end(size: int, batch: int, classes: int, n_critic: int, steps: int, device: str) -> float:
@@ -151,6 +158,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--n-critic", type=int, default=5)
+    ap.add_argument("--family", choices=["wgan_gp", "dcgan"], default="wgan_gp", help="the family volgan's rows train")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per contender")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra round each)")
@@ -165,8 +173,10 @@ def main() -> None:
     )
     add_contender_args(ap)
     a = ap.parse_args()
+    if a.family == "dcgan":
+        a.yardstick, a.n_critic = "none", 1  # the yardstick is a WGAN-GP; the 3D-GAN takes one D step a round
     shape = {"size": a.size, "batch": a.batch, "classes": a.classes, "n_critic": a.n_critic, "device": a.device}
-    workers = start_contenders("train_step", a, **shape)
+    workers = start_contenders("train_step", a, **shape, family=a.family)
     for spec in a.variant:
         name, _, pairs = spec.partition(":")
         values: dict[str, Any] = {}
@@ -174,12 +184,19 @@ def main() -> None:
             key = key if key.split(".")[0] in SECTIONS else f"train.{key}"  # a bare key is a train.* key
             values = merge_dicts(values, unflatten(key, value))
         train = values.pop("train", {})
-        workers.append(Worker(f"volgan, {name}", "train_step:volgan", **shape, perf={}, train=train, sections=values))
+        workers.append(
+            Worker(
+                f"volgan, {name}", "train_step:volgan", **shape, family=a.family, perf={}, train=train, sections=values
+            )
+        )
     race(workers, a.rounds, count_flops=not a.no_flops)
 
-    print(f"critic step (+ 1 generator step per {a.n_critic}), {a.size}³, batch {a.batch}, {a.classes} classes")
+    what = (
+        "3D-GAN step (1 D + 1 G step)" if a.family == "dcgan" else f"critic step (+ 1 generator step per {a.n_critic})"
+    )
+    print(f"{what}, {a.size}³, batch {a.batch}, {a.classes} classes")
     print(f"{machine_line()}, {torch.get_num_threads()} threads; medians of {a.rounds} alternating rounds")
-    print(table(workers, "critic step", workers[0], per=a.n_critic))
+    print(table(workers, "step" if a.family == "dcgan" else "critic step", workers[0], per=a.n_critic))
     if a.end_to_end:
         loop = end_to_end(a.size, a.batch, a.classes, a.n_critic, a.end_to_end, a.device)
         step = next(w for w in workers if w.name == "volgan").seconds / a.n_critic

@@ -48,6 +48,15 @@ def test_train_step_benchmark_prints_a_table_with_ablation() -> None:
     assert loop and float(loop[1]) > 0, out
 
 
+def test_train_step_benchmark_races_the_3d_gan_with_its_variants() -> None:
+    args = ("--family", "dcgan", "--size", "16", "--batch", "2", "--rounds", "1", "--no-flops")
+    out = run("train_step.py", *args, "--variant", "seen:model.top_hats=both")
+    table = rows(out)
+    assert set(table) == {"volgan", "volgan, seen"}, out  # no yardstick: it is a WGAN-GP
+    assert table["volgan"][-1] == "1.00x" and "1 D + 1 G step" in out
+    assert float(table["volgan, seen"][0]) > 0
+
+
 def test_sample_benchmark_prints_a_table() -> None:
     table = rows(out := run("sample.py", "--size", "16", "--batch", "2", "--rounds", "1", *YARDSTICK_ARGS))
     assert {BASELINE, "volgan"} <= set(table), out
