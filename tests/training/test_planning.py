@@ -71,6 +71,10 @@ def test_masks_on_a_finer_grid_than_planned_are_resampled_intensities_for_the_wg
     fast = make_plan(_fp(occupancy=True, edge=64), 20, timer=_timer(0.01))  # its own 64³: two-valued
     assert fast.value("data.size") == 64 and fast.value("model.family") == "wgan_gp"
     assert fast.value("data.binary") is True
+    # two-valued masks: the critic sees the top-hats from half-way; resampled ones (unmeasured) do not
+    assert fast.value("model.top_hats") == "both" and fast.value("model.top_hats_from") == 0.5
+    assert "holes" in next(c.reason for c in fast.choices if c.key == "model.top_hats")
+    assert build_config(slow.overrides(), "<plan>").model.top_hats == "none"
     up = make_plan(_fp(occupancy=True, edge=24), 20, timer=_timer(0.01))  # upsampled to 32³: still the 3D-GAN
     assert up.value("model.family") == "dcgan" and up.value("data.binary") is True
 
@@ -83,7 +87,7 @@ def test_intensities_are_planned_as_the_conditional_wgan_gp() -> None:
     assert "fewer holes" in next(c.reason for c in plan.choices if c.key == "model.output_head")
     assert plan.value("sample.clean") is True  # specks removed, intensities elsewhere kept
     assert "data.binary" not in plan.overrides()["data"]
-    assert build_config(plan.overrides(), "<plan>").model.top_hats == "none"  # measured in the 3D-GAN only
+    assert build_config(plan.overrides(), "<plan>").model.top_hats == "none"  # measured on two-valued data only
     one = make_plan(_fp(edge=64, classes=1), 30, timer=_timer(0.05))
     assert one.value("model.ac_weight") == 0.0
 
