@@ -98,7 +98,7 @@ def volgan(
     # what fit() sets for its duration (allocator, TF32, cuDNN); this process only measures steps
     volgan_perf.configure_backend(cfg.perf, trainer.device)
     shutil.rmtree(run_dir)  # nothing is written: train_step() neither logs nor saves
-    return Contender(trainer.train_step, batch * (n_critic if family == "wgan_gp" else 1), dev)
+    return Contender(trainer.train_step, batch * n_critic, dev)  # the 3D-GAN: n_critic is 1
 
 
 def end_to_end(size: int, batch: int, classes: int, n_critic: int, steps: int, device: str) -> float:

@@ -270,7 +270,8 @@ def test_top_hats_from_brings_the_channels_in_part_way_without_a_jump(family: st
     assert first.in_channels == 3 and not d.top_hats_on and first.weight[:, 1:].abs().max() == 0
     v = torch.rand(2, 1, 16, 16, 16)  # before: the volume alone, read as the volume and two zero channels
     padded = torch.cat([v, torch.zeros(2, 2, 16, 16, 16)], dim=1)
-    torch.testing.assert_close(first(v), first(padded), rtol=1e-6, atol=1e-6)
+    # the same 64 products per output, summed by another kernel (another order on other CPUs): 1e-5
+    torch.testing.assert_close(first(v), first(padded), rtol=1e-5, atol=1e-5)
     for _ in range(2):
         trainer.train_step()
     assert not d.top_hats_on and first.weight[:, 1:].abs().max() == 0  # 2 of 4 steps: still zeros

@@ -61,7 +61,7 @@ def time_config(cfg_dict: dict[str, Any], num_classes: int, steps: int = 2, warm
     rest at the dearer one, so its mean step is the time-weighted (harmonic) mean of the two."""
     part = float(cfg_dict.get("model", {}).get("top_hats_from") or 0.0)
     before = _time_steps(cfg_dict, num_classes, steps, warmup)
-    if part <= 0.0 or cfg_dict.get("model", {}).get("top_hats", "none") == "none":
+    if part <= 0.0:  # (a part without top-hats is refused by the config check)
         return before
     after = _time_steps(merge_dicts(cfg_dict, {"model": {"top_hats_from": 0.0}}), num_classes, steps, warmup)
     seconds = 1.0 / (part / before.seconds + (1.0 - part) / after.seconds)
